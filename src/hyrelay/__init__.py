@@ -1,0 +1,3 @@
+"""hyrelay: a self-hosted relay, wire-compatible with Azure Relay Hybrid Connections."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+"""One vocabulary for every failure a relay user can see.
+
+Each error knows its HTTP status (for handshakes and relayed HTTP) and its WebSocket close code
+(for established sockets). The reason phrase follows Azure's shape,
+``{message}. TrackingId:{id}, SystemTracker:{tracker}, Timestamp:{time}``, because SDK tests and
+user code look for those words.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+__all__ = [
+    "RelayError", "BadRequest", "Unauthorized", "Forbidden", "QuotaExceeded", "EndpointNotFound",
+    "Gone", "RequestTooLarge", "HeadersTooLarge", "InternalError", "BadGateway", "GatewayTimeout",
+    "ProtocolViolation", "new_tracking_id", "format_reason", "safe_reason",
+]
+
+
+def new_tracking_id() -> str:
+    """A fresh tracking id (a UUID, as Azure uses)."""
+    return str(uuid.uuid4())
+
+
+def safe_reason(text: str, limit: int = 512) -> str:
+    """Make *text* safe for an HTTP reason phrase: one line of latin-1, bounded length."""
+    cleaned = "".join(ch if 32 <= ord(ch) < 127 else " " for ch in text).strip()
+    return cleaned[:limit]
+
+
+def format_reason(message: str, tracking_id: str, tracker: str = "", timestamp: str = "") -> str:
+    """Azure-style reason phrase carrying the tracking id (pure: time is passed in)."""
+    parts = [f"TrackingId:{tracking_id}"]
+    if tracker:
+        parts.append(f"SystemTracker:{tracker}")
+    if timestamp:
+        parts.append(f"Timestamp:{timestamp}")
+    message = message.rstrip(".")
+    return safe_reason(f"{message}. " + ", ".join(parts))
+
+
+class RelayError(Exception):
+    """Base of every error the relay reports to a client."""
+
+    status: int = 500
+    close_code: int = 1011
+    code: str = "InternalError"
+
+    def __init__(self, message: str, *, tracking_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tracking_id = tracking_id or new_tracking_id()
+
+    def reason(self, tracker: str = "", timestamp: str = "") -> str:
+        """The reason phrase (or close reason) with the tracking id."""
+        return format_reason(self.message, self.tracking_id, tracker, timestamp)
+
+
+class BadRequest(RelayError):
+    status, close_code, code = 400, 1008, "BadRequest"
+
+
+class Unauthorized(RelayError):
+    status, close_code, code = 401, 1008, "Unauthorized"
+
+
+class Forbidden(RelayError):
+    status, close_code, code = 403, 1008, "Forbidden"
+
+
+class QuotaExceeded(Forbidden):
+    code = "QuotaExceeded"
+
+
+class EndpointNotFound(RelayError):
+    status, close_code, code = 404, 1008, "EndpointNotFound"
+
+
+class Gone(RelayError):
+    status, close_code, code = 410, 1000, "Gone"
+
+
+class RequestTooLarge(RelayError):
+    status, close_code, code = 413, 1009, "RequestEntityTooLarge"
+
+
+class HeadersTooLarge(RelayError):
+    status, close_code, code = 431, 1009, "RequestHeaderFieldsTooLarge"
+
+
+class InternalError(RelayError):
+    status, close_code, code = 500, 1011, "InternalError"
+
+
+class BadGateway(RelayError):
+    status, close_code, code = 502, 1011, "BadGateway"
+
+
+class GatewayTimeout(RelayError):
+    status, close_code, code = 504, 1011, "GatewayTimeout"
+
+
+class ProtocolViolation(RelayError):
+    """A peer broke the control-channel rules (binary or malformed JSON, oversized message)."""
+
+    status, close_code, code = 400, 1008, "ProtocolViolation"

@@ -1,0 +1,75 @@
+"""Reading the head of an incoming HTTP request, and answering an upgrade with an error."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import httptools
+
+from ..protocol.errors import RelayError
+
+__all__ = ["Head", "parse_head", "error_response"]
+
+
+@dataclass(slots=True)
+class Head:
+    """Method, target and headers (original casing, in order) of one request head."""
+
+    method: str = ""
+    target: str = ""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        """The first value of *name*, case-insensitively."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    @property
+    def is_websocket(self) -> bool:
+        upgrade = self.header("upgrade") or ""
+        return "websocket" in upgrade.lower()
+
+
+class _Collector:
+    def __init__(self, head: Head) -> None:
+        self.head = head
+
+    def on_url(self, url: bytes) -> None:
+        self.head.target += url.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+
+def parse_head(data: bytes) -> Head:
+    """Parse a complete request head (up to and including the blank line).
+
+    Raises:
+        ValueError: the bytes are not a valid HTTP/1.x request head.
+    """
+    head = Head()
+    parser = httptools.HttpRequestParser(_Collector(head))
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError as exc:
+        raise ValueError(str(exc)) from None
+    head.method = parser.get_method().decode()
+    return head
+
+
+def error_response(err: RelayError, reason: str) -> bytes:
+    """A complete ``Connection: close`` HTTP response for a failed upgrade, JSON body included."""
+    body = json.dumps({"error": {"code": err.code, "message": reason, "trackingId": err.tracking_id}}).encode()
+    return (
+        f"HTTP/1.1 {err.status} {reason}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"TrackingId: {err.tracking_id}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("latin-1") + body

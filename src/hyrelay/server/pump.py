@@ -1,0 +1,103 @@
+"""The data phase: frames relayed between a sender and a listener's rendezvous socket.
+
+Frames go through as they arrive, FIN bits kept, so a fragmented message streams and nothing
+buffers a whole message. A Close frame is forwarded as it came (code and reason intact) and the
+other direction keeps flowing until the peer's Close arrives, which keeps half-close working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..protocol.errors import format_reason, new_tracking_id
+from .engine import WSFrame, WSListener, WSMsgType, WSTransport, send_close
+
+__all__ = ["PumpEnd", "pair"]
+
+_log = logging.getLogger("hyrelay.server")
+
+#: Seconds to wait for the peer's Close after forwarding one, before cutting both sockets.
+CLOSE_TIMEOUT = 10.0
+
+_DATA = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION)
+
+
+class PumpEnd(WSListener):
+    """One side of a relayed connection; ``peer`` is the other side."""
+
+    __slots__ = ("role", "peer", "transport", "close_received", "gone", "on_finished", "_timer")
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.peer: PumpEnd | None = None
+        self.transport: WSTransport | None = None
+        self.close_received = False
+        self.gone = False
+        self.on_finished: Callable[[PumpEnd], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        peer = self.peer
+        if msg_type in _DATA:
+            if peer is not None and not peer.gone:
+                peer.transport.send(msg_type, frame.get_payload_as_memoryview(), frame.fin)  # type: ignore[union-attr]
+        elif msg_type is WSMsgType.CLOSE:
+            self._on_close(frame)
+
+    def _on_close(self, frame: WSFrame) -> None:
+        if self.close_received:
+            return
+        self.close_received = True
+        peer = self.peer
+        if peer is None or peer.gone:
+            self.transport.send(WSMsgType.CLOSE, frame.get_payload_as_memoryview())  # type: ignore[union-attr]
+            self.transport.disconnect()  # type: ignore[union-attr]
+            return
+        peer.transport.send(WSMsgType.CLOSE, frame.get_payload_as_memoryview())  # type: ignore[union-attr]
+        if peer.close_received:
+            self.transport.disconnect()  # type: ignore[union-attr]
+            peer.transport.disconnect()  # type: ignore[union-attr]
+        else:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(CLOSE_TIMEOUT, self._close_timeout)
+
+    def _close_timeout(self) -> None:
+        for end in (self, self.peer):
+            if end is not None and end.transport is not None and not end.gone:
+                end.transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.gone = True
+        if self._timer is not None:
+            self._timer.cancel()
+        peer = self.peer
+        if peer is not None and not peer.gone and peer.transport is not None:
+            if not self.close_received:
+                # Abrupt drop (no Close): tell the other side promptly instead of leaving it hanging.
+                reason = format_reason(f"The {self.role} disconnected abruptly", new_tracking_id())
+                send_close(peer.transport, 1001, reason)
+            peer.transport.disconnect()
+        if self.on_finished is not None:
+            self.on_finished(self)
+
+    def pause_writing(self) -> None:
+        # Our socket is full: stop reading from the peer until it drains.
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.underlying_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.gone:
+            self.peer.transport.underlying_transport.resume_reading()
+
+
+def pair() -> tuple[PumpEnd, PumpEnd]:
+    """A linked (sender end, listener end) pair, before either socket is adopted."""
+    sender, listener = PumpEnd("sender"), PumpEnd("listener")
+    sender.peer, listener.peer = listener, sender
+    return sender, listener
