@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 __all__ = ["HcTarget", "parse_hc_target", "filter_query", "query_params", "build_address",
-           "ACTIONS", "path_segments"]
+           "reject_address", "ACTIONS", "path_segments"]
 
 ACTIONS = ("listen", "accept", "connect", "request")
 _PREFIXES = ("/$hc/", "/%24hc/")
@@ -76,3 +76,10 @@ def build_address(base: str, raw_path: str, app_query: str, **params: str) -> st
     pieces = [p for p in app_query.split("&") if p] if app_query else []
     pieces += [f"sb-hc-{name.replace('_', '-')}={quote(value, safe='')}" for name, value in params.items()]
     return f"{base.rstrip('/')}/$hc/{raw_path.lstrip('/')}?{'&'.join(pieces)}"
+
+
+def reject_address(address: str, status: int, description: str) -> str:
+    """An ``accept`` *address* with a listener's reject appended (spec §2.5.2); the relay answers 410."""
+    sep = "&" if "?" in address else "?"
+    return (f"{address}{sep}sb-hc-statusCode={int(status)}"
+            f"&sb-hc-statusDescription={quote(description, safe='')}")

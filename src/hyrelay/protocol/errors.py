@@ -13,7 +13,7 @@ import uuid
 __all__ = [
     "RelayError", "BadRequest", "Unauthorized", "Forbidden", "QuotaExceeded", "EndpointNotFound",
     "Gone", "RequestTooLarge", "HeadersTooLarge", "InternalError", "BadGateway", "GatewayTimeout",
-    "ProtocolViolation", "new_tracking_id", "format_reason", "safe_reason",
+    "ProtocolViolation", "new_tracking_id", "format_reason", "safe_reason", "close_reason",
 ]
 
 
@@ -39,6 +39,16 @@ def format_reason(message: str, tracking_id: str, tracker: str = "", timestamp: 
     return safe_reason(f"{message}. " + ", ".join(parts))
 
 
+def close_reason(message: str, tracking_id: str | None = None) -> str:
+    """A WebSocket close reason: at most 123 bytes, with the tracking id always kept whole."""
+    suffix = f". TrackingId:{tracking_id or new_tracking_id()}"
+    room = 123 - len(suffix)
+    text = safe_reason(message).rstrip(".")
+    if len(text) > room:
+        text = text[: room - 3].rstrip() + "..."
+    return text + suffix
+
+
 class RelayError(Exception):
     """Base of every error the relay reports to a client."""
 
@@ -54,6 +64,10 @@ class RelayError(Exception):
     def reason(self, tracker: str = "", timestamp: str = "") -> str:
         """The reason phrase (or close reason) with the tracking id."""
         return format_reason(self.message, self.tracking_id, tracker, timestamp)
+
+    def close_reason(self) -> str:
+        """The reason for a Close frame: short enough to fit, tracking id included."""
+        return close_reason(self.message, self.tracking_id)
 
 
 class BadRequest(RelayError):

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..protocol.errors import format_reason, new_tracking_id
+from ..protocol.errors import close_reason
 from ..protocol.sas import ConnectionString
 from ..store import Rule, Store, open_store
 from .config import RelayConfig
@@ -94,7 +94,7 @@ class RelayServer:
         if self._server is not None:
             self._server.close()
         if self.relay is not None:
-            reason = format_reason("The relay is shutting down", new_tracking_id())
+            reason = close_reason("The relay is shutting down")
             for key in list(self.relay.router.hc_keys()):
                 for channel in self.relay.router.listeners(key):
                     channel.close(1001, reason)

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ..protocol.errors import ProtocolViolation, RelayError, format_reason, new_tracking_id
+from ..protocol.errors import ProtocolViolation, RelayError, close_reason
 from ..protocol.messages import MAX_CONTROL_MESSAGE, RenewToken, parse_listener_message
 from .engine import WSFrame, WSListener, WSMsgType, WSTransport, send_close
 
@@ -53,7 +53,7 @@ class ControlChannel(WSListener):
         elif msg_type is WSMsgType.CONTINUATION and self._text is not None:
             self._text += frame.get_payload_as_memoryview()
             if len(self._text) > MAX_CONTROL_MESSAGE:
-                self.close(1009, f"Control channel messages are limited to {MAX_CONTROL_MESSAGE} bytes")
+                self.close(1009, close_reason(f"Control channel messages are limited to {MAX_CONTROL_MESSAGE} bytes"))
             elif frame.fin:
                 data, self._text = bytes(self._text), None
                 self._on_text(data)
@@ -61,8 +61,7 @@ class ControlChannel(WSListener):
             # hyco-https sends an empty binary message after a bodiless response: drain it.
             if frame.payload_size or not frame.fin:
                 self._violation(ProtocolViolation(
-                    "Unexpected binary message on the control channel: only renewToken (and, for "
-                    "HTTP, response bodies) may be sent by a listener"))
+                    "Unexpected binary message on the control channel"))
         elif msg_type is WSMsgType.CLOSE:
             send_close(transport, int(frame.get_close_code()) or 1000, "")
             transport.disconnect()
@@ -76,12 +75,12 @@ class ControlChannel(WSListener):
     # -- relay side -----------------------------------------------------------------------------
     def _on_text(self, data: bytes) -> None:
         if len(data) > MAX_CONTROL_MESSAGE:
-            self.close(1009, f"Control channel messages are limited to {MAX_CONTROL_MESSAGE} bytes")
+            self.close(1009, close_reason(f"Control channel messages are limited to {MAX_CONTROL_MESSAGE} bytes"))
             return
         try:
             message = parse_listener_message(data.decode())
         except UnicodeDecodeError:
-            self.close(1007, format_reason("Control channel message is not valid UTF-8", new_tracking_id()))
+            self.close(1007, close_reason("Control channel message is not valid UTF-8"))
             return
         except ProtocolViolation as err:
             self._violation(err)
@@ -94,7 +93,7 @@ class ControlChannel(WSListener):
     def _violation(self, err: RelayError) -> None:
         _log.info("event=control_violation hc=%s listener=%s tracking_id=%s reason=%r",
                   self.hc_name, self.listener_id, err.tracking_id, err.message)
-        self.close(err.close_code, err.reason())
+        self.close(err.close_code, err.close_reason())
 
     def send_text(self, text: str) -> bool:
         """Send one control message; False if the channel is already gone."""
@@ -119,6 +118,5 @@ class ControlChannel(WSListener):
 
     def _expired(self) -> None:
         _log.info("event=listener_token_expired hc=%s listener=%s", self.hc_name, self.listener_id)
-        self.close(1008, format_reason(
-            "The security token has expired, therefore the authorization policy is violated",
-            new_tracking_id()))
+        self.close(1008, close_reason(
+            "The security token has expired, therefore the authorization policy is violated"))

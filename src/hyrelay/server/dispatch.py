@@ -62,11 +62,10 @@ class Upgrade:
 
     def reject_raw(self, status: int, reason: str, err: RelayError) -> None:
         """Answer with a status and reason chosen by a listener (a reject passthrough)."""
-        err.status = status
         self.done = True
         transport = self._dispatch.transport
         if not transport.is_closing():
-            transport.write(error_response(err, reason))
+            transport.write(error_response(err, reason, status))
             transport.close()
 
     def accept(self, listener: engine.WSListener, headers: dict[str, str] | None = None,

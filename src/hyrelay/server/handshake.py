@@ -63,11 +63,14 @@ def parse_head(data: bytes) -> Head:
     return head
 
 
-def error_response(err: RelayError, reason: str) -> bytes:
-    """A complete ``Connection: close`` HTTP response for a failed upgrade, JSON body included."""
+def error_response(err: RelayError, reason: str, status: int | None = None) -> bytes:
+    """A complete ``Connection: close`` HTTP response for a failed upgrade, JSON body included.
+
+    *status* overrides the error's own, for a listener's reject passed through to its sender.
+    """
     body = json.dumps({"error": {"code": err.code, "message": reason, "trackingId": err.tracking_id}}).encode()
     return (
-        f"HTTP/1.1 {err.status} {reason}\r\n"
+        f"HTTP/1.1 {status or err.status} {reason}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
         f"TrackingId: {err.tracking_id}\r\n"

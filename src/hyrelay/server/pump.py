@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from ..protocol.errors import format_reason, new_tracking_id
+from ..protocol.errors import close_reason
 from .engine import WSFrame, WSListener, WSMsgType, WSTransport, send_close
 
 __all__ = ["PumpEnd", "pair"]
@@ -80,7 +80,7 @@ class PumpEnd(WSListener):
         if peer is not None and not peer.gone and peer.transport is not None:
             if not self.close_received:
                 # Abrupt drop (no Close): tell the other side promptly instead of leaving it hanging.
-                reason = format_reason(f"The {self.role} disconnected abruptly", new_tracking_id())
+                reason = close_reason(f"The {self.role} disconnected abruptly")
                 send_close(peer.transport, 1001, reason)
             peer.transport.disconnect()
         if self.on_finished is not None:

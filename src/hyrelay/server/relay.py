@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 from ..protocol.addresses import build_address, filter_query, path_segments
 from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, Forbidden, GatewayTimeout, Gone,
-                               InternalError, QuotaExceeded, RelayError, format_reason, new_tracking_id,
-                               safe_reason)
+                               InternalError, QuotaExceeded, RelayError, close_reason, format_reason,
+                               new_tracking_id, safe_reason)
 from ..protocol.headers import connect_headers
 from ..protocol.messages import accept_message
 from ..protocol.rights import Rights
@@ -155,7 +155,7 @@ class Relay:
         except RelayError as err:
             _log.info("event=renew_failed hc=%s listener=%s tracking_id=%s reason=%r",
                       channel.hc_name, channel.listener_id, err.tracking_id, err.message)
-            channel.close(1008, err.reason())
+            channel.close(1008, err.close_reason())
             return
         channel.expire_at(token.expires_at + self.config.token_grace)
         _log.info("event=token_renewed hc=%s listener=%s", channel.hc_name, channel.listener_id)
@@ -273,7 +273,7 @@ class Relay:
             found = self.snapshot.find_hc(self.namespace, name)
             if found is not None and found[0].name.lower() == name:
                 continue
-            reason = format_reason("The hybrid connection was deleted", new_tracking_id())
+            reason = close_reason("The hybrid connection was deleted")
             for channel in self.router.listeners(key):
                 channel.close(1001, reason)
             for end in list(self.counters.active.pop(key, ())):

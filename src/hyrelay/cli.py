@@ -1,0 +1,520 @@
+"""The ``hyrelay`` command: run the relay and manage its hybrid connections and rules.
+
+Thin by design: settings come from :mod:`hyrelay.settings`, data from :mod:`hyrelay.store`,
+tokens and connection strings from :mod:`hyrelay.protocol.sas`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import click
+
+from . import __version__
+from .protocol.sas import ConnectionString, build_token
+from .server.app import RelayServer
+from .server.config import RelayConfig
+from .settings import (
+    CONFIG_ENV, SETTINGS, ConfigError, check_files, default_of, env_name, load_toml,
+    resolve_config,
+)
+from .store import ROOT_RULE, HybridConnection, NotFound, Rule, SqliteStore, StoreError, open_store
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_log = logging.getLogger("hyrelay.cli")
+
+SERVE_SETTINGS = (
+    "host", "port", "data_dir", "public_url", "tls_cert", "tls_key", "max_listeners",
+    "log_level", "namespace", "token_grace", "clock_skew", "accept_timeout",
+)
+STORE_SETTINGS = ("data_dir", "namespace")
+
+CONFIG_HELP = f"""\b
+Settings come from, highest precedence first: command-line flags, environment variables
+(HYRELAY_ plus the flag name in capitals with underscores, e.g. HYRELAY_PORT,
+HYRELAY_DATA_DIR), the TOML file given by --config or {CONFIG_ENV}, and built-in defaults.
+The TOML file holds settings as top-level keys spelled like the flags, with dashes or
+underscores; relative paths in it are relative to the file:
+
+\b
+    host = "0.0.0.0"
+    port = 9001
+    data_dir = "/var/lib/hyrelay"
+    max-listeners = 50
+"""
+
+
+class UsageProblem(click.ClickException):
+    """A bad setting or argument: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
+# -- shared options ----------------------------------------------------------------------------
+
+
+def _setting_options(names: Sequence[str]) -> Callable[[F], F]:
+    """Add one option per setting, plus --config; values stay None unless given."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--config", "config", metavar="PATH", default=None,
+            help=f"TOML settings file (top-level keys). [env {CONFIG_ENV}]",
+        )(func)
+        for name in reversed(names):
+            setting = SETTINGS[name]
+            default = default_of(name)
+            shown = "" if default is None else f"; default {default}"
+            func = click.option(
+                setting.flag, name, default=None, metavar=_metavar(name),
+                help=f"{setting.help} [env {env_name(name)}{shown}]",
+            )(func)
+        return func
+
+    return decorate
+
+
+def _metavar(name: str) -> str:
+    if name in ("port", "max_listeners"):
+        return "INT"
+    if name in ("token_grace", "clock_skew", "accept_timeout"):
+        return "SECONDS"
+    if name in ("data_dir", "tls_cert", "tls_key"):
+        return "PATH"
+    if name == "public_url":
+        return "URL"
+    return "TEXT"
+
+
+def _resolve(params: dict[str, Any]) -> RelayConfig:
+    """Pop the setting options out of params and resolve them with env and TOML."""
+    flags = {name: params.pop(name) for name in list(params) if name in SETTINGS}
+    config_path = params.pop("config", None) or os.environ.get(CONFIG_ENV, "").strip() or None
+    try:
+        toml = load_toml(config_path) if config_path else {}
+        return resolve_config(flags, os.environ, toml)
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+@dataclass(slots=True)
+class Session:
+    """What a data command works with: the settings, an open store and the output mode."""
+
+    config: RelayConfig
+    store: SqliteStore
+    as_json: bool
+
+    @property
+    def namespace(self) -> str:
+        return self.config.namespace
+
+
+def _store_command(extra: Sequence[str] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command --data-dir, --namespace, --config and --json, and a Session to work on.
+
+    Store errors (not found, already exists, invalid name, limit) end the command with
+    their message on stderr and exit code 1.
+    """
+
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(func)
+        def wrapper(**params: Any) -> None:
+            as_json = params.pop("as_json")
+            config = _resolve(params)
+            try:
+                store = open_store(config.data_dir)
+            except (StoreError, OSError) as exc:
+                raise click.ClickException(f"cannot open the store in {str(config.data_dir)!r}: {exc}") from None
+            try:
+                store.ensure_default(config.namespace)
+                func(Session(config, store, as_json), **params)
+            except StoreError as exc:
+                raise click.ClickException(str(exc)) from None
+            finally:
+                store.close()
+
+        wrapper = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(wrapper)
+        return _setting_options((*STORE_SETTINGS, *extra))(wrapper)
+
+    return decorate
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _emit_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    rows = [list(headers), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _pairs(pairs: Sequence[tuple[str, str]]) -> str:
+    """``key:  value`` lines with the values aligned."""
+    width = max(len(k) for k, _ in pairs) + 1
+    return "\n".join(f"{(k + ':').ljust(width)}  {v}" for k, v in pairs)
+
+
+def _oneline(text: str, limit: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _hc_json(hc: HybridConnection) -> dict[str, object]:
+    return asdict(hc)
+
+
+def _rule_json(rule: Rule, *, keys: bool = True) -> dict[str, object]:
+    data = asdict(rule)
+    data["rights"] = list(rule.rights)
+    if not keys:
+        del data["primary_key"], data["secondary_key"]
+    return data
+
+
+def _where(session: Session, hc: str | None) -> str:
+    return f"namespace {session.namespace!r}" if hc is None else f"hybrid connection {hc!r}"
+
+
+# -- the group ---------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=CONFIG_HELP)
+@click.version_option(__version__, prog_name="hyrelay")
+def main() -> None:
+    """Self-hosted relay, wire-compatible with Azure Relay Hybrid Connections.
+
+    Run the relay with `hyrelay serve`; manage hybrid connections and SAS rules with
+    `hyrelay hc` and `hyrelay rule` (also while the relay runs: it picks up changes within
+    about a second). Every command accepts --data-dir and --config, and --json where it
+    prints data.
+    """
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+@main.command(epilog=CONFIG_HELP)
+@_setting_options(SERVE_SETTINGS)
+def serve(**params: Any) -> None:
+    """Run the relay until SIGINT or SIGTERM.
+
+    On start it prints one line to stdout, ending with the root connection string:
+
+    \b
+    hyrelay listening on URL namespace=NAME connection string: Endpoint=...
+
+    Logs go to stderr.
+    """
+    config = _resolve(params)
+    try:
+        check_files(config)
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from None
+    logging.basicConfig(
+        level=getattr(logging, config.log_level), force=True,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        _run(_serve(config))
+    except OSError as exc:
+        where = f"{config.host}:{config.port}"
+        raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    except ssl.SSLError as exc:
+        raise click.ClickException(f"cannot load the TLS certificate or key: {exc}") from None
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run coro on uvloop where available, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:  # Windows
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+async def _serve(config: RelayConfig) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError, AttributeError):  # Windows: Ctrl+C only
+            pass
+    server = RelayServer(config)
+    await server.start()
+    try:
+        click.echo(
+            f"hyrelay listening on {server.base_url} namespace={config.namespace} "
+            f"connection string: {server.connection_string()}"
+        )
+        sys.stdout.flush()
+        await stop.wait()
+        _log.info("event=relay_stopping")
+    finally:
+        await server.stop()
+        if server.store is not None:
+            server.store.close()
+    _log.info("event=relay_stopped")
+
+
+# -- hc ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def hc() -> None:
+    """Create, list, show and delete hybrid connections."""
+
+
+@hc.command("create")
+@click.argument("name")
+@click.option("--no-client-auth", is_flag=True,
+              help="Let senders connect without a token (requiresClientAuthorization=false).")
+@click.option("--user-metadata", metavar="TEXT", default="", help="Free text stored with the HC.")
+@_store_command()
+def hc_create(s: Session, name: str, no_client_auth: bool, user_metadata: str) -> None:
+    """Create the hybrid connection NAME."""
+    made = s.store.create_hc(s.namespace, name, requires_client_authorization=not no_client_auth,
+                             user_metadata=user_metadata)
+    if s.as_json:
+        return _emit_json(_hc_json(made))
+    auth = "required" if made.requires_client_authorization else "not required"
+    click.echo(f"created hybrid connection {made.name!r} in namespace {made.namespace!r} "
+               f"(client authorization {auth})")
+
+
+@hc.command("list")
+@_store_command()
+def hc_list(s: Session) -> None:
+    """List the hybrid connections of the namespace."""
+    hcs = s.store.list_hcs(s.namespace)
+    if s.as_json:
+        return _emit_json([_hc_json(h) for h in hcs])
+    if not hcs:
+        click.echo(f"no hybrid connections in namespace {s.namespace!r}")
+        return
+    click.echo(_table(
+        ("NAME", "CLIENT AUTH", "CREATED", "USER METADATA"),
+        ((h.name, "required" if h.requires_client_authorization else "none", h.created_at,
+          _oneline(h.user_metadata)) for h in hcs),
+    ))
+
+
+@hc.command("show")
+@click.argument("name")
+@_store_command()
+def hc_show(s: Session, name: str) -> None:
+    """Show the hybrid connection NAME."""
+    h = s.store.get_hc(s.namespace, name)
+    if s.as_json:
+        return _emit_json(_hc_json(h))
+    click.echo(_pairs([
+        ("name", h.name), ("namespace", h.namespace),
+        ("client authorization", "required" if h.requires_client_authorization else "not required"),
+        ("user metadata", h.user_metadata or "-"), ("created", h.created_at), ("updated", h.updated_at),
+    ]))
+
+
+@hc.command("delete")
+@click.argument("name")
+@_store_command()
+def hc_delete(s: Session, name: str) -> None:
+    """Delete the hybrid connection NAME and its rules; a running relay closes its listeners."""
+    h = s.store.get_hc(s.namespace, name)
+    s.store.delete_hc(s.namespace, h.name)
+    if s.as_json:
+        return _emit_json({"deleted": "hybrid_connection", "namespace": h.namespace, "name": h.name})
+    click.echo(f"deleted hybrid connection {h.name!r} from namespace {h.namespace!r}")
+
+
+# -- rule --------------------------------------------------------------------------------------
+
+_hc_option = click.option("--hc", "hc_name", metavar="HCNAME", default=None,
+                          help="Act on this hybrid connection's rules instead of the namespace's.")
+
+
+@main.group()
+def rule() -> None:
+    """Manage SAS authorization rules (namespace level, or with --hc on one HC)."""
+
+
+def _print_rule_keys(r: Rule) -> None:
+    click.echo(_pairs([("rights", ", ".join(r.rights)), ("primary key", r.primary_key),
+                       ("secondary key", r.secondary_key)]))
+
+
+@rule.command("create")
+@click.argument("name")
+@click.option("--rights", required=True, metavar="LIST",
+              help="Comma-separated rights: Listen, Send, Manage (e.g. Listen,Send).")
+@_hc_option
+@_store_command()
+def rule_create(s: Session, name: str, rights: str, hc_name: str | None) -> None:
+    """Create the rule NAME with fresh keys."""
+    r = s.store.create_rule(s.namespace, hc_name, name, rights)
+    if s.as_json:
+        return _emit_json(_rule_json(r))
+    click.echo(f"created rule {r.name!r} on {_where(s, r.entity)}")
+    _print_rule_keys(r)
+
+
+@rule.command("list")
+@_hc_option
+@_store_command()
+def rule_list(s: Session, hc_name: str | None) -> None:
+    """List rules (without their keys; see `rule show`)."""
+    rules = s.store.list_rules(s.namespace, hc_name)
+    if s.as_json:
+        return _emit_json([_rule_json(r, keys=False) for r in rules])
+    if not rules:
+        click.echo(f"no rules on {_where(s, hc_name)}")
+        return
+    click.echo(_table(("NAME", "RIGHTS", "CREATED"),
+                      ((r.name, ",".join(r.rights), r.created_at) for r in rules)))
+
+
+@rule.command("show")
+@click.argument("name")
+@_hc_option
+@_store_command()
+def rule_show(s: Session, name: str, hc_name: str | None) -> None:
+    """Show the rule NAME with its keys."""
+    r = s.store.get_rule(s.namespace, hc_name, name)
+    if s.as_json:
+        return _emit_json(_rule_json(r))
+    click.echo(f"rule {r.name!r} on {_where(s, r.entity)}")
+    _print_rule_keys(r)
+
+
+@rule.command("delete")
+@click.argument("name")
+@_hc_option
+@_store_command()
+def rule_delete(s: Session, name: str, hc_name: str | None) -> None:
+    """Delete the rule NAME; tokens signed with its keys stop working."""
+    r = s.store.get_rule(s.namespace, hc_name, name)
+    s.store.delete_rule(s.namespace, r.entity, r.name)
+    if s.as_json:
+        return _emit_json({"deleted": "rule", "namespace": r.namespace, "entity": r.entity,
+                           "name": r.name})
+    click.echo(f"deleted rule {r.name!r} from {_where(s, r.entity)}")
+
+
+@rule.command("regenerate-key")
+@click.argument("name")
+@_hc_option
+@click.option("--secondary", is_flag=True, help="Replace the secondary key instead of the primary.")
+@_store_command()
+def rule_regenerate_key(s: Session, name: str, hc_name: str | None, secondary: bool) -> None:
+    """Replace a key of the rule NAME with a fresh one."""
+    which = "secondary" if secondary else "primary"
+    r = s.store.regenerate_key(s.namespace, hc_name, name, which)
+    if s.as_json:
+        return _emit_json(_rule_json(r))
+    click.echo(f"regenerated the {which} key of rule {r.name!r} on {_where(s, r.entity)}")
+    _print_rule_keys(r)
+
+
+def _find_rule(s: Session, name: str, hc_name: str | None) -> Rule:
+    """The rule on the HC, else on the namespace (as the relay looks keys up)."""
+    if hc_name is None:
+        return s.store.get_rule(s.namespace, None, name)
+    s.store.get_hc(s.namespace, hc_name)
+    for entity in (hc_name, None):
+        try:
+            return s.store.get_rule(s.namespace, entity, name)
+        except NotFound:
+            pass
+    raise NotFound(f"rule {name!r} does not exist on hybrid connection {hc_name!r} "
+                   f"or namespace {s.namespace!r}")
+
+
+# -- token and connection-string ---------------------------------------------------------------
+
+
+@main.command()
+@click.argument("uri")
+@click.option("--rule", "rule_name", required=True, metavar="NAME", help="Rule whose key signs.")
+@click.option("--hc", "hc_name", metavar="HCNAME", default=None,
+              help="Look the rule up on this HC first, then on the namespace.")
+@click.option("--key-type", type=click.Choice(["primary", "secondary"]), default="primary",
+              show_default=True, help="Which of the rule's keys signs.")
+@click.option("--ttl", type=click.IntRange(min=1), default=3600, show_default=True,
+              metavar="SECONDS", help="Seconds until the token expires.")
+@_store_command()
+def token(s: Session, uri: str, rule_name: str, hc_name: str | None, key_type: str, ttl: int) -> None:
+    """Print a SAS token for URI, e.g. ws://127.0.0.1:9000/$hc/myhc."""
+    parts = urlsplit(uri)
+    if not parts.scheme or not parts.netloc:
+        raise click.BadParameter("give a full URI such as ws://127.0.0.1:9000/$hc/myhc",
+                                 param_hint="'URI'")
+    r = _find_rule(s, rule_name, hc_name)
+    expires_at = int(time.time()) + ttl
+    key = r.primary_key if key_type == "primary" else r.secondary_key
+    text = build_token(uri, r.name, key, expires_at)
+    if s.as_json:
+        return _emit_json({"token": text, "uri": uri, "key_name": r.name, "key_type": key_type,
+                           "expires_at": expires_at})
+    click.echo(text)
+
+
+def _endpoint(url: str) -> str:
+    """Azure-form endpoint for a relay URL: ``sb://host:port/`` if TLS, else ``http://host:port/``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if not parts.netloc or scheme not in ("http", "https", "ws", "wss", "sb"):
+        raise click.BadParameter("give a URL such as http://127.0.0.1:9000 or sb://relay.example.com",
+                                 param_hint="'--endpoint'")
+    return f"{'sb' if scheme in ('sb', 'https', 'wss') else 'http'}://{parts.netloc}/"
+
+
+@main.command("connection-string")
+@click.option("--rule", "rule_name", metavar="NAME", default=ROOT_RULE, show_default=True,
+              help="Rule whose key goes in the string.")
+@click.option("--hc", "hc_name", metavar="HCNAME", default=None,
+              help="Add EntityPath=HCNAME; the rule is looked up on it first, then on the namespace.")
+@click.option("--secondary", is_flag=True, help="Use the rule's secondary key.")
+@click.option("--endpoint", metavar="URL", default=None,
+              help="Relay address clients use; default: public-url, else host:port of the serve "
+                   "settings (sb:// when TLS is configured).")
+@_store_command(extra=("host", "port", "public_url"))
+def connection_string(s: Session, rule_name: str, hc_name: str | None, secondary: bool,
+                      endpoint: str | None) -> None:
+    """Print an Azure-form connection string for a rule."""
+    url = endpoint or RelayServer(s.config).base_url
+    r = _find_rule(s, rule_name, hc_name)
+    entity = s.store.get_hc(s.namespace, hc_name).name if hc_name else None
+    cs = ConnectionString(_endpoint(url), r.name, r.secondary_key if secondary else r.primary_key,
+                          entity)
+    if s.as_json:
+        return _emit_json({"connection_string": str(cs), "endpoint": cs.endpoint, "key_name": r.name,
+                           "entity_path": entity})
+    click.echo(str(cs))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
