@@ -286,13 +286,14 @@ def test_path_segments(path, segments):
     assert path_segments(path) == segments
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG (minor) addresses.build_address: drops empty '&' pieces of the app query, so the query a "
-    "listener shows from the accept address (filter_query, spec §1.7/§2.3) is not the sender's verbatim "
-    "non-sb-hc query: 'a=1&a=2&' comes back as 'a=1&a=2', '&&&' as ''"))
-@pytest.mark.parametrize("sender_query", ["a=1&a=2&", "&&&", "x=1&&y=2"])
-def test_accept_address_preserves_app_query_verbatim(sender_query):
-    app_query = filter_query(sender_query + "&sb-hc-action=connect")
+@pytest.mark.parametrize("app_query", ["a=1&a=2&", "&&&", "x=1&&y=2", "&a=1"])
+def test_accept_address_preserves_app_query_verbatim(app_query):
     address = build_address("wss://relay:443", "hyco", app_query, action="accept", id="1")
     listener_sees = filter_query(address.split("?", 1)[1])
-    assert listener_sees == filter_query(sender_query)
+    assert listener_sees == app_query
+
+
+@pytest.mark.parametrize("app_query", ["", "a=1", "a=1&b=%20&c"])
+def test_accept_address_app_query_without_empty_pieces(app_query):
+    address = build_address("wss://relay:443", "hyco", app_query, action="accept", id="1")
+    assert filter_query(address.split("?", 1)[1]) == app_query

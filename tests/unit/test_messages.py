@@ -147,10 +147,6 @@ def test_malformed_renew_token_is_protocol_violation(body):
     assert info.value.close_code == 1008
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
-    "BUG messages.parse_listener_message: deeply nested JSON (well under MAX_CONTROL_MESSAGE) makes "
-    "json.loads raise RecursionError, which is not caught as ProtocolViolation; control.py only catches "
-    "UnicodeDecodeError and ProtocolViolation"))
 @pytest.mark.parametrize("text", ["[" * 2000, '{"response":' + "[" * 5000 + "]" * 5000 + "}"])
 def test_deeply_nested_json_is_protocol_violation(text):
     assert len(text.encode()) <= MAX_CONTROL_MESSAGE
@@ -234,10 +230,6 @@ def test_format_reason_is_safe():
     assert "TrackingId:tid" in reason
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG errors.format_reason: it applies safe_reason's 512-char cut to the whole phrase, so a long "
-    "message (e.g. Forbidden quoting a ~4000-char token audience from sas.authorize) drops "
-    "'TrackingId:' and the tracker"))
 @pytest.mark.parametrize("length", [500, 600, 4000])
 def test_format_reason_keeps_tracking_id_for_long_messages(length):
     tid = str(uuid.uuid4())

@@ -37,10 +37,6 @@ def test_parse_unknown_is_value_error(names):
         Rights.parse(names)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "BUG (minor) rights.Rights.parse: looks names up with cls[name.upper()], so the enum member NONE "
-    "is accepted: parse(['None']) returns Rights.NONE instead of raising ValueError; the store's "
-    "normalize_rights rejects 'None'"))
 @pytest.mark.parametrize("name", ["None", "none", "NONE"])
 def test_parse_none_is_not_a_right(name):
     with pytest.raises(ValueError):

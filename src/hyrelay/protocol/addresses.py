@@ -73,7 +73,8 @@ def parse_hc_target(target: str) -> HcTarget | None:
 
 def build_address(base: str, raw_path: str, app_query: str, **params: str) -> str:
     """A ``$hc`` URL: *base* (``ws://host:port``), raw path, the app query, then ``sb-hc-*`` params."""
-    pieces = [p for p in app_query.split("&") if p] if app_query else []
+    # The app query goes through verbatim (empty pieces too), our own parameters after it.
+    pieces = [app_query] if app_query else []
     pieces += [f"sb-hc-{name.replace('_', '-')}={quote(value, safe='')}" for name, value in params.items()]
     return f"{base.rstrip('/')}/$hc/{raw_path.lstrip('/')}?{'&'.join(pieces)}"
 

@@ -35,8 +35,9 @@ def format_reason(message: str, tracking_id: str, tracker: str = "", timestamp: 
         parts.append(f"SystemTracker:{tracker}")
     if timestamp:
         parts.append(f"Timestamp:{timestamp}")
-    message = message.rstrip(".")
-    return safe_reason(f"{message}. " + ", ".join(parts))
+    tail = ". " + ", ".join(parts)
+    # Cut the message, never the tracking id: support needs it whole.
+    return safe_reason(message, max(64, 512 - len(tail))).rstrip(".") + safe_reason(tail, 512)
 
 
 def close_reason(message: str, tracking_id: str | None = None) -> str:

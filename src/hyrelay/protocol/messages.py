@@ -48,7 +48,7 @@ def parse_listener_message(text: str) -> RenewToken | ListenerMessage:
     """
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ProtocolViolation("Control channel message is not valid JSON") from None
     if not isinstance(doc, dict) or not doc:
         raise ProtocolViolation("Control channel message must be a JSON object with one command")
@@ -91,7 +91,7 @@ def parse_relay_message(text: str) -> Accept | RelayCommand:
     """
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ProtocolViolation("Control channel message is not valid JSON") from None
     if not isinstance(doc, dict) or not doc:
         raise ProtocolViolation("Control channel message must be a JSON object with one command")

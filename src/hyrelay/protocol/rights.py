@@ -20,6 +20,8 @@ class Rights(enum.Flag):
         result = cls.NONE
         for name in names:
             try:
+                if name.strip().upper() == "NONE":
+                    raise KeyError(name)
                 result |= cls[name.strip().upper()]
             except KeyError:
                 raise ValueError(f"unknown right {name!r}; use Listen, Send or Manage") from None

@@ -135,9 +135,10 @@ class Relay:
         listener_id = given if _SAFE_ID.fullmatch(given or "") else str(uuid.uuid4())
         key = self._hc_key(hc.name)
         channel = ControlChannel(self, key, hc.name, listener_id, up.peer, self._base_url(up))
-        if not self.router.add_listener(key, channel, self.config.max_listeners):
+        limit = hc.max_listeners or self.config.max_listeners
+        if not self.router.add_listener(key, channel, limit):
             raise QuotaExceeded(f"MaximumListenersPerEndpoint: '{hc.name}' already has "
-                                f"{self.config.max_listeners} listeners, the most it allows")
+                                f"{limit} listeners, the most it allows")
         if not up.accept(channel, None, self.config.ping_interval, self.config.max_frame_size):
             self.router.remove_listener(key, channel)
             return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from .model import DEFAULT_NAMESPACE, HybridConnection, Namespace, Rule
 from .snapshot import Snapshot
@@ -42,6 +42,9 @@ class Store(Protocol):
         *,
         requires_client_authorization: bool = True,
         user_metadata: str = "",
+        request_timeout: float | None = None,
+        max_listeners: int | None = None,
+        multicast: bool = False,
     ) -> HybridConnection: ...
 
     def update_hc(
@@ -51,7 +54,11 @@ class Store(Protocol):
         *,
         requires_client_authorization: bool | None = None,
         user_metadata: str | None = None,
-    ) -> HybridConnection: ...
+        request_timeout: Any = ...,
+        max_listeners: Any = ...,
+        multicast: bool | None = None,
+    ) -> HybridConnection:
+        """Change settings; leaving request_timeout/max_listeners out keeps them, None resets them."""
 
     def delete_hc(self, namespace: str, name: str) -> None: ...
 

@@ -33,6 +33,12 @@ class HybridConnection:
     user_metadata: str = ""
     created_at: str = ""
     updated_at: str = ""
+    #: Seconds a listener has to answer a relayed HTTP request; None: the relay's default, 0: no limit.
+    request_timeout: float | None = None
+    #: Listeners allowed at once; None: the relay's default.
+    max_listeners: int | None = None
+    #: Deliver every request to all listeners instead of one (the RPC relay's events).
+    multicast: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,9 @@ CREATE TABLE hybrid_connections (
     user_metadata TEXT NOT NULL DEFAULT '',
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL,
+    request_timeout REAL,
+    max_listeners INTEGER,
+    multicast   INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (namespace, name)
 );
 CREATE TABLE rules (
@@ -56,8 +59,16 @@ CREATE UNIQUE INDEX rules_unique ON rules(namespace, ifnull(entity, ''), name);
 CREATE INDEX rules_entity ON rules(namespace, entity);
 """
 
-_HC_COLS = "namespace, name, requires_client_authorization, user_metadata, created_at, updated_at"
+_HC_COLS = ("namespace, name, requires_client_authorization, user_metadata, created_at, updated_at, "
+            "request_timeout, max_listeners, multicast")
 _RULE_COLS = "namespace, entity, name, primary_key, secondary_key, rights, created_at"
+
+
+class _Keep:
+    """Marker for "leave this setting as it is" where None is a meaningful value."""
+
+
+KEEP = _Keep()
 
 
 def _now() -> str:
@@ -65,7 +76,14 @@ def _now() -> str:
 
 
 def _hc(row: tuple) -> HybridConnection:
-    return HybridConnection(row[0], row[1], bool(row[2]), row[3], row[4], row[5])
+    return HybridConnection(row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6], row[7], bool(row[8]))
+
+
+def _check_settings(request_timeout: float | None, max_listeners: int | None) -> None:
+    if request_timeout is not None and request_timeout < 0:
+        raise InvalidName("request timeout must be 0 (no limit) or a positive number of seconds")
+    if max_listeners is not None and not 1 <= max_listeners <= 10_000:
+        raise InvalidName("max listeners must be between 1 and 10000")
 
 
 def _rule(row: tuple) -> Rule:
@@ -296,8 +314,10 @@ class SqliteStore:
     def create_hc(
         self, namespace: str, name: str, *,
         requires_client_authorization: bool = True, user_metadata: str = "",
+        request_timeout: float | None = None, max_listeners: int | None = None, multicast: bool = False,
     ) -> HybridConnection:
         validate_hc_name(name)
+        _check_settings(request_timeout, max_listeners)
         with self._write() as cur:
             ns = self._ns_name(cur, namespace)
             row = cur.execute(
@@ -317,32 +337,44 @@ class SqliteStore:
                 )
             now = _now()
             hc = HybridConnection(
-                ns, name, bool(requires_client_authorization), user_metadata, now, now
+                ns, name, bool(requires_client_authorization), user_metadata, now, now,
+                request_timeout, max_listeners, bool(multicast),
             )
             cur.execute(
-                f"INSERT INTO hybrid_connections ({_HC_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
-                (ns, name, int(hc.requires_client_authorization), user_metadata, now, now),
+                f"INSERT INTO hybrid_connections ({_HC_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (ns, name, int(hc.requires_client_authorization), user_metadata, now, now,
+                 request_timeout, max_listeners, int(hc.multicast)),
             )
         return hc
 
     def update_hc(
         self, namespace: str, name: str, *,
         requires_client_authorization: bool | None = None, user_metadata: str | None = None,
+        request_timeout: float | None | _Keep = KEEP, max_listeners: int | None | _Keep = KEEP,
+        multicast: bool | None = None,
     ) -> HybridConnection:
+        """Change the given settings; ``KEEP`` (the default) leaves one as it is, None resets it."""
         with self._write() as cur:
             old = _hc(self._hc_row(cur, namespace, name))
-            new = HybridConnection(
-                old.namespace, old.name,
-                old.requires_client_authorization if requires_client_authorization is None
-                else bool(requires_client_authorization),
-                old.user_metadata if user_metadata is None else user_metadata,
-                old.created_at, _now(),
-            )
+            changes: dict[str, object] = {"updated_at": _now()}
+            if requires_client_authorization is not None:
+                changes["requires_client_authorization"] = bool(requires_client_authorization)
+            if user_metadata is not None:
+                changes["user_metadata"] = user_metadata
+            if not isinstance(request_timeout, _Keep):
+                changes["request_timeout"] = request_timeout
+            if not isinstance(max_listeners, _Keep):
+                changes["max_listeners"] = max_listeners
+            if multicast is not None:
+                changes["multicast"] = bool(multicast)
+            new = replace(old, **changes)  # type: ignore[arg-type]
+            _check_settings(new.request_timeout, new.max_listeners)
             cur.execute(
-                "UPDATE hybrid_connections SET requires_client_authorization = ?, "
-                "user_metadata = ?, updated_at = ? WHERE namespace = ? AND name = ?",
+                "UPDATE hybrid_connections SET requires_client_authorization = ?, user_metadata = ?, "
+                "updated_at = ?, request_timeout = ?, max_listeners = ?, multicast = ? "
+                "WHERE namespace = ? AND name = ?",
                 (int(new.requires_client_authorization), new.user_metadata, new.updated_at,
-                 new.namespace, new.name),
+                 new.request_timeout, new.max_listeners, int(new.multicast), new.namespace, new.name),
             )
         return new
 
