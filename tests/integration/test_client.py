@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -150,6 +150,15 @@ async def test_text_and_binary_echo(env: Env) -> None:
                 assert await conn.recv() == b"\x00\x01\xffbinary"
                 await conn.send("")
                 assert await conn.recv() == ""
+        assert len(env.channels()) == 1
+    # close() ends the control channel, and the relay forgets the listener.
+    await wait_until(lambda: env.channels() == [])
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(GUARD):
+        while not predicate():
+            await asyncio.sleep(0.01)
 
 
 async def test_5mib_streamed_in_64kib_fragments_both_ways(env: Env) -> None:
@@ -330,6 +339,45 @@ async def test_path_suffix_query_and_headers_reach_listener(env: Env) -> None:
     assert all("sb-hc-" not in r.query for r in requests)
 
 
+# -- flow control -------------------------------------------------------------------------------
+async def test_full_backlog_refuses_senders_with_503(env: Env) -> None:
+    async with env.listener(backlog=1, backlog_timeout=0.2) as listener:
+        client = env.client()
+        async with asyncio.timeout(GUARD):
+            first = await client.connect(connection_id="first")  # accepted, waits in the backlog
+            with pytest.raises(RelayError) as info:
+                await client.connect()
+            assert info.value.status == 503 and "backlog is full" in str(info.value)
+            taken = await listener.accept()
+            assert taken is not None and taken.id == "first"
+            second = await client.connect(connection_id="second")  # room again
+            assert (await listener.accept()).id == "second"
+            for conn in (first, second, taken):
+                await conn.close()
+
+
+async def test_accepts_beyond_max_pending_get_503(env: Env) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: AcceptRequest) -> bool:
+        entered.set()
+        await release.wait()
+        return True
+
+    async with env.listener(accept_handler=slow, max_pending_accepts=1) as listener, serving(listener, echo):
+        client = env.client()
+        async with asyncio.timeout(GUARD):
+            first = asyncio.create_task(client.connect())
+            await entered.wait()
+            with pytest.raises(RelayError) as info:
+                await client.connect()
+            assert info.value.status == 503
+            release.set()
+            async with await first as conn:
+                await conn.send("through")
+                assert await conn.recv() == "through"
+
+
 # -- errors -------------------------------------------------------------------------------------
 async def test_sender_with_bad_key_is_unauthorized(env: Env) -> None:
     async with env.listener():
@@ -463,3 +511,27 @@ async def test_without_renewal_the_relay_drops_the_listener(strict_env: Env) -> 
         offline = await events.wait("offline")
         assert offline.close_code == 1008
         assert not listener.is_online
+
+
+async def test_deleted_hc_stops_a_strict_listener_and_not_a_patient_one(env: Env) -> None:
+    strict = env.listener(stop_on_not_found=True)
+    patient = env.listener()
+    events = Events(patient)
+    async with strict, patient, serving(patient, echo):
+        env.srv.store.delete_hc("hyrelay", env.name)
+        env.srv.relay.refresh()
+        with pytest.raises(EndpointNotFound):
+            async with asyncio.timeout(GUARD):
+                await strict.accept()
+        assert not strict.is_online
+        # The default listener keeps trying through 404s...
+        await events.wait("connecting", 3)
+        assert not patient.is_online
+        # ...so it is back as soon as the hybrid connection is.
+        env.srv.store.create_hc("hyrelay", env.name, requires_client_authorization=True)
+        env.srv.relay.refresh()
+        await events.wait("online", 2)
+        async with asyncio.timeout(GUARD):
+            async with await env.client().connect() as conn:
+                await conn.send("recreated")
+                assert await conn.recv() == "recreated"

@@ -42,8 +42,6 @@ _USER_AGENT = f"hyrelay-python/{__version__}"
 #: .NET gives its rendezvous 20 s; the relay keeps an accept address alive for 30 s (spec §2.5.1).
 RENDEZVOUS_TIMEOUT = 20.0
 CONTROL_OPEN_TIMEOUT = 30.0
-#: How long an accept may wait for room in a full backlog before it is refused with 503.
-BACKLOG_WAIT = 10.0
 #: A renewal that fails is retried this soon (or sooner, if the token runs out first).
 RENEW_RETRY = 5.0
 _HANDLER_FAILED = "The Listener's custom AcceptHandler threw an exception. See Listener logs for details."
@@ -125,7 +123,8 @@ class HybridConnectionListener:
         token_renew_margin: seconds before the token's expiry that a new one is sent (``renewToken``).
         stop_on_not_found: stop reconnecting when the relay answers 404 (the hybrid connection was
             deleted), as the .NET SDK does. By default the listener keeps trying.
-        backlog: accepted connections waiting for ``async for``; when full, senders wait, then get 503.
+        backlog: accepted connections waiting for ``async for``; when full, a sender waits up to
+            *backlog_timeout* seconds for room, then gets 503.
         max_pending_accepts: accepts in progress at once; beyond it senders get 503 at once.
         max_message_size: bound for ``recv()`` of whole messages on accepted connections (None: none).
     """
@@ -144,6 +143,7 @@ class HybridConnectionListener:
         token_renew_margin: float = 300,
         stop_on_not_found: bool = False,
         backlog: int = 64,
+        backlog_timeout: float = 10.0,
         max_pending_accepts: int = 256,
         max_message_size: int | None = None,
     ) -> None:
@@ -163,6 +163,7 @@ class HybridConnectionListener:
         self.token_renew_margin = token_renew_margin
         self.stop_on_not_found = stop_on_not_found
         self.max_pending_accepts = max_pending_accepts
+        self.backlog_timeout = backlog_timeout
         self._max_size = (max_message_size, MAX_FRAGMENT_SIZE)
         self._callbacks: dict[str, list[EventCallback]] = {name: [] for name in _EVENTS}
         self._backlog = backlog
@@ -202,8 +203,13 @@ class HybridConnectionListener:
         """
         if event not in self._callbacks:
             raise ValueError(f"unknown event {event!r}; use one of {', '.join(_EVENTS)}")
-        self._callbacks[event].append(callback)
-        return lambda: self._callbacks[event].remove(callback) if callback in self._callbacks[event] else None
+        callbacks = self._callbacks[event]
+        callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in callbacks:
+                callbacks.remove(callback)
+        return unsubscribe
 
     def _emit(self, event: ListenerEvent) -> None:
         for callback in list(self._callbacks[event.name]):
@@ -355,8 +361,9 @@ class HybridConnectionListener:
             if self._closing:
                 return
             code, reason = ws.close_code, ws.close_reason
-            _log.warning("event=listener_offline hc=%s listener=%s code=%s reason=%r error=%r",
-                         self.entity, self.listener_id, code, reason, error)
+            _log.warning("event=listener_offline hc=%s listener=%s code=%s reason=%r error=%s",
+                         self.entity, self.listener_id, code, reason,
+                         "-" if error is None or isinstance(error, _WsClosed) else repr(error))
             self._emit(ListenerEvent("offline", error=error, close_code=code, close_reason=reason))
             reconnected = await self._reconnect()
             if reconnected is None:
@@ -516,7 +523,7 @@ class HybridConnectionListener:
         assert self._slots is not None and self._queue is not None
         request = AcceptRequest(accept, self.endpoint)
         try:
-            await asyncio.wait_for(self._slots.acquire(), BACKLOG_WAIT)
+            await asyncio.wait_for(self._slots.acquire(), self.backlog_timeout)
         except TimeoutError:
             _log.warning("event=accept_refused listener=%s connection=%s reason=backlog_full",
                          self.listener_id, request.id)

@@ -116,5 +116,5 @@ class HybridConnectionClient:
                    self.entity, connection_id, ws.subprotocol or "-")
         response = ws.response
         return HybridConnection(
-            ws, role="sender", id=connection_id, path_suffix=f"/{suffix}" if suffix else "",
+            ws, role="sender", id=connection_id, path_suffix=f"/{path_suffix.strip('/')}" if suffix else "",
             query=app_query, headers=Headers(response.headers.raw_items() if response is not None else None))

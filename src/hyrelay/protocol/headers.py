@@ -1,22 +1,28 @@
-"""Which handshake headers travel to the listener (spec §2.3, §4.2)."""
+"""Which headers travel between sender and listener (spec §2.3, §4.2, §4.11)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["AUTH_HEADERS", "connect_headers"]
+__all__ = ["AUTH_HEADERS", "HOP_BY_HOP", "connect_headers", "request_headers", "response_headers", "add_via"]
 
 #: Auth material never reaches a listener.
 AUTH_HEADERS = frozenset({"servicebusauthorization"})
 
+#: Connection-level headers (RFC 7230) the relay handles itself, in both directions.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    "close", "content-length", "expect", "proxy-authenticate", "proxy-authorization",
+})
 
-def connect_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Sender headers for ``accept.connectHeaders``: original casing, auth removed, repeats joined."""
+
+def _joined(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> dict[str, str]:
+    """Headers as a flat map: original casing of the first occurrence, repeats joined with ', '."""
     result: dict[str, str] = {}
     index: dict[str, str] = {}
     for name, value in headers:
         lower = name.lower()
-        if lower in AUTH_HEADERS:
+        if lower in drop:
             continue
         if lower in index:
             key = index[lower]
@@ -25,3 +31,30 @@ def connect_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
             index[lower] = name
             result[name] = value
     return result
+
+
+def connect_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Sender headers for ``accept.connectHeaders``: everything but auth (the key included, §2.3)."""
+    return _joined(headers, AUTH_HEADERS)
+
+
+def request_headers(headers: Iterable[tuple[str, str]], *, strip_authorization: bool) -> dict[str, str]:
+    """Sender headers for a relayed HTTP request: no auth material, no hop-by-hop headers (§4.2, §4.11).
+
+    ``Authorization`` is removed only when the relay evaluated it (*strip_authorization*).
+    """
+    drop = AUTH_HEADERS | HOP_BY_HOP
+    if strip_authorization:
+        drop = drop | {"authorization"}
+    return _joined(headers, drop)
+
+
+def response_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
+    """A listener's response headers minus the hop-by-hop ones the relay frames itself."""
+    return [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "via"]
+
+
+def add_via(existing: str | None, host: str) -> str:
+    """Append this relay to a ``Via`` header (RFC 7230 §5.7.1)."""
+    hop = f"1.1 {host}"
+    return f"{existing}, {hop}" if existing else hop

@@ -115,3 +115,119 @@ def parse_relay_message(text: str) -> Accept | RelayCommand:
 def renew_token_message(token: str) -> str:
     """The ``renewToken`` message; the token travels as the plain header value (spec §2.7)."""
     return json.dumps({"renewToken": {"token": token}}, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- HTTP over the control channel and rendezvous (spec §4.4–§4.6) --------------------------------
+
+#: A request whose head and body fit in this many bytes may travel on the control channel.
+MAX_INLINE_REQUEST = 64 * 1024
+#: Header metadata allowed on the control channel (spec §4.3).
+MAX_HEADER_METADATA = 32 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """``{"request":{...}}``: a full request (``method`` and ``body`` present) or a rendezvous stub."""
+
+    address: str
+    id: str
+    target: str | None = None
+    method: str | None = None
+    headers: dict[str, str] | None = None
+    remote_address: str | None = None
+    remote_port: int | None = None
+    body: bool | None = None
+
+    @property
+    def is_stub(self) -> bool:
+        """True if the listener must fetch the request over a rendezvous (spec §4.5)."""
+        return self.method is None
+
+
+def request_message(request: HttpRequest) -> str:
+    """Encode a ``request``; a stub carries only ``address`` and ``id``, a full one always ``body``."""
+    doc: dict[str, Any] = {"address": request.address, "id": request.id}
+    if not request.is_stub:
+        doc["requestTarget"] = request.target
+        doc["method"] = request.method
+        if request.remote_address is not None:
+            doc["remoteEndpoint"] = {"address": request.remote_address, "port": request.remote_port}
+        doc["requestHeaders"] = request.headers or {}
+        doc["body"] = bool(request.body)
+    return json.dumps({"request": doc}, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_request(body: Any) -> HttpRequest:
+    """Decode the body of a ``request`` command (listener side).
+
+    Raises:
+        ProtocolViolation: no address or id, or wrongly typed fields.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("address"), str) or "id" not in body:
+        raise ProtocolViolation("request must carry an address and an id")
+    method = body.get("method")
+    headers = body.get("requestHeaders") or {}
+    if (method is not None and not isinstance(method, str)) or not isinstance(headers, dict):
+        raise ProtocolViolation("request.method must be a string and requestHeaders an object")
+    remote = body.get("remoteEndpoint") if isinstance(body.get("remoteEndpoint"), dict) else {}
+    return HttpRequest(
+        body["address"], str(body["id"]), body.get("requestTarget"), method,
+        {str(k): str(v) for k, v in headers.items()},
+        remote.get("address"), remote.get("port"),
+        bool(body.get("body")) if "body" in body else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """``{"response":{...}}``: status line and headers of a relayed HTTP response."""
+
+    request_id: str
+    status: int
+    description: str | None = None
+    headers: dict[str, str] | None = None
+    body: bool = False
+
+
+def response_message(head: ResponseHead) -> str:
+    """Encode a ``response`` (listener side)."""
+    doc: dict[str, Any] = {"requestId": head.request_id, "statusCode": head.status}
+    if head.description is not None:
+        doc["statusDescription"] = head.description
+    doc["responseHeaders"] = head.headers or {}
+    doc["body"] = head.body
+    return json.dumps({"response": doc}, separators=(",", ":"), ensure_ascii=False)
+
+
+class MalformedResponse(ProtocolViolation):
+    """A ``response`` for a known request that cannot be used (the client gets 502)."""
+
+    def __init__(self, message: str, request_id: str, body: bool) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.body = body
+
+
+def parse_response(body: Any) -> ResponseHead:
+    """Decode the body of a ``response`` command (relay side), tolerant as spec §8.5 asks.
+
+    Raises:
+        ProtocolViolation: no usable ``requestId`` (the channel is broken).
+        MalformedResponse: the request is known but the status or headers are unusable.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("requestId"), str) or not body["requestId"]:
+        raise ProtocolViolation("response must carry a requestId string")
+    request_id, has_body = body["requestId"], body.get("body") is True
+    status = body.get("statusCode")
+    try:
+        status = int(status)  # PROTO's example sends it as a string
+    except (TypeError, ValueError):
+        raise MalformedResponse(f"response.statusCode {status!r} is not a number", request_id, has_body) from None
+    if not 200 <= status <= 999:
+        raise MalformedResponse(f"response.statusCode {status} cannot be relayed", request_id, has_body)
+    headers = body.get("responseHeaders") or {}
+    if not isinstance(headers, dict):
+        raise MalformedResponse("response.responseHeaders must be an object", request_id, has_body)
+    description = body.get("statusDescription")
+    return ResponseHead(request_id, status, description if isinstance(description, str) else None,
+                        {str(k): str(v) for k, v in headers.items()}, has_body)

@@ -42,7 +42,8 @@ class RelayServer:
             self.store = open_store(config.data_dir)
         _, self.root_rule = self.store.ensure_default(config.namespace)
         relay = self.relay = Relay(config, self.store)
-        self._runner = web.AppRunner(make_app(relay), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(make_app(relay), access_log=None, handle_signals=False,
+                                    max_line_size=16384, max_field_size=16384)
         await self._runner.setup()
         http_factory = self._runner.server
         context = None

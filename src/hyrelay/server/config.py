@@ -29,6 +29,10 @@ class RelayConfig:
     max_frame_size: int = 16 << 20
     #: Seconds of silence before an idle control channel is pinged.
     ping_interval: float = 60.0
+    #: Seconds a listener has to answer a relayed HTTP request (0: no limit); per-HC settings override it.
+    request_timeout: float = 60.0
+    #: Largest relayed HTTP request body in bytes (None: no limit).
+    max_request_body: int | None = None
     #: Seconds between checks of the store for changes made by the CLI or another process.
     reload_interval: float = 1.0
 

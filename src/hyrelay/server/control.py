@@ -1,4 +1,7 @@
-"""A listener's control channel: the relay sends ``accept``; the listener may send ``renewToken``."""
+"""Sockets a listener opens to the relay: its control channel and its HTTP request rendezvous.
+
+Both carry JSON text commands and the binary bodies of HTTP responses, so they share one base.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +10,31 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ..protocol.errors import ProtocolViolation, RelayError, close_reason
-from ..protocol.messages import MAX_CONTROL_MESSAGE, RenewToken, parse_listener_message
+from ..protocol.errors import BadGateway, ProtocolViolation, RelayError, close_reason
+from ..protocol.messages import MAX_CONTROL_MESSAGE, ListenerMessage, RenewToken, parse_listener_message
 from .engine import WSFrame, WSListener, WSMsgType, WSTransport, send_close
+from .exchange import HttpExchange, ResponseRouter
 
 if TYPE_CHECKING:
     from .relay import Relay
 
-__all__ = ["ControlChannel"]
+__all__ = ["ListenerSocket", "ControlChannel", "RequestRendezvous"]
 
 _log = logging.getLogger("hyrelay.server")
 
 
-class ControlChannel(WSListener):
-    """One online listener."""
+class ListenerSocket(WSListener):
+    """Text commands (bounded, reassembled from fragments) and response bodies from a listener."""
 
-    __slots__ = ("relay", "hc_key", "hc_name", "listener_id", "peer", "since", "base_url",
-                 "transport", "_expiry", "_text", "closed")
+    __slots__ = ("transport", "responses", "closed", "_text", "writable")
 
-    def __init__(self, relay: "Relay", hc_key: str, hc_name: str, listener_id: str,
-                 peer: tuple[str, int], base_url: str) -> None:
-        self.relay = relay
-        self.hc_key = hc_key
-        self.hc_name = hc_name
-        self.listener_id = listener_id
-        self.peer = peer
-        self.since = time.time()
-        self.base_url = base_url
+    def __init__(self) -> None:
         self.transport: WSTransport | None = None
-        self._expiry: asyncio.TimerHandle | None = None
-        self._text: bytearray | None = None
+        self.responses = ResponseRouter()
         self.closed = False
+        self._text: bytearray | None = None
+        self.writable: asyncio.Event | None = None
 
-    # -- engine callbacks -------------------------------------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
 
@@ -53,61 +48,110 @@ class ControlChannel(WSListener):
         elif msg_type is WSMsgType.CONTINUATION and self._text is not None:
             self._text += frame.get_payload_as_memoryview()
             if len(self._text) > MAX_CONTROL_MESSAGE:
-                self.close(1009, close_reason(f"Control channel messages are limited to {MAX_CONTROL_MESSAGE} bytes"))
+                self.close(1009, close_reason(f"Control messages are limited to {MAX_CONTROL_MESSAGE} bytes"))
             elif frame.fin:
                 data, self._text = bytes(self._text), None
                 self._on_text(data)
         elif msg_type in (WSMsgType.BINARY, WSMsgType.CONTINUATION):
+            if self.responses.on_body_frame(frame.get_payload_as_bytes(), frame.fin, transport):
+                return
             # hyco-https sends an empty binary message after a bodiless response: drain it.
             if frame.payload_size or not frame.fin:
-                self._violation(ProtocolViolation(
-                    "Unexpected binary message on the control channel"))
+                self.violation(ProtocolViolation("Unexpected binary message: no response body is pending"))
         elif msg_type is WSMsgType.CLOSE:
+            self.closed = True
             send_close(transport, int(frame.get_close_code()) or 1000, "")
             transport.disconnect()
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.closed = True
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self.relay.listener_gone(self)
-
-    # -- relay side -----------------------------------------------------------------------------
     def _on_text(self, data: bytes) -> None:
         if len(data) > MAX_CONTROL_MESSAGE:
-            self.close(1009, close_reason(f"Control channel messages are limited to {MAX_CONTROL_MESSAGE} bytes"))
+            self.close(1009, close_reason(f"Control messages are limited to {MAX_CONTROL_MESSAGE} bytes"))
             return
         try:
             message = parse_listener_message(data.decode())
+            if isinstance(message, ListenerMessage) and message.name == "response":
+                self.on_response(self.responses.on_response(message.body))
+            else:
+                self.on_command(message)
         except UnicodeDecodeError:
-            self.close(1007, close_reason("Control channel message is not valid UTF-8"))
-            return
+            self.close(1007, close_reason("Control message is not valid UTF-8"))
         except ProtocolViolation as err:
-            self._violation(err)
-            return
-        if isinstance(message, RenewToken):
-            self.relay.renew_token(self, message.token)
-        else:
-            _log.debug("event=control_ignored command=%s listener=%s", message.name, self.listener_id)
+            self.violation(err)
 
-    def _violation(self, err: RelayError) -> None:
-        _log.info("event=control_violation hc=%s listener=%s tracking_id=%s reason=%r",
-                  self.hc_name, self.listener_id, err.tracking_id, err.message)
+    def on_command(self, message: RenewToken | ListenerMessage) -> None:
+        _log.debug("event=command_ignored command=%s", getattr(message, "name", "renewToken"))
+
+    def on_response(self, exchange: HttpExchange | None) -> None:
+        pass
+
+    def violation(self, err: RelayError) -> None:
+        _log.info("event=listener_protocol_violation tracking_id=%s reason=%r", err.tracking_id, err.message)
         self.close(err.close_code, err.close_reason())
 
     def send_text(self, text: str) -> bool:
-        """Send one control message; False if the channel is already gone."""
+        """Send one command; False if the socket is already gone."""
         if self.closed or self.transport is None or self.transport.is_disconnected:
             return False
         self.transport.send(WSMsgType.TEXT, text.encode())
         return True
 
+    def send_binary(self, data: bytes, *, first: bool, fin: bool) -> bool:
+        """Send one fragment of a binary message."""
+        if self.closed or self.transport is None or self.transport.is_disconnected:
+            return False
+        self.transport.send(WSMsgType.BINARY if first else WSMsgType.CONTINUATION, data, fin)
+        return True
+
     def close(self, code: int, reason: str) -> None:
-        """Close the channel with *code*; the listener will reconnect as it sees fit."""
         if self.transport is not None and not self.closed:
             self.closed = True
             send_close(self.transport, code, reason)
             self.transport.disconnect()
+
+    # Writers that stream (request bodies) wait on this; it is only created when someone does.
+    def pause_writing(self) -> None:
+        if self.writable is None:
+            self.writable = asyncio.Event()
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None:
+            self.writable.set()
+
+    async def drained(self) -> None:
+        if self.writable is not None:
+            await self.writable.wait()
+
+
+class ControlChannel(ListenerSocket):
+    """One online listener."""
+
+    __slots__ = ("relay", "hc_key", "hc_name", "listener_id", "peer", "since", "base_url", "_expiry")
+
+    def __init__(self, relay: "Relay", hc_key: str, hc_name: str, listener_id: str,
+                 peer: tuple[str, int], base_url: str) -> None:
+        super().__init__()
+        self.relay = relay
+        self.hc_key = hc_key
+        self.hc_name = hc_name
+        self.listener_id = listener_id
+        self.peer = peer
+        self.since = time.time()
+        self.base_url = base_url
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self.responses.fail_all(BadGateway("The listener disconnected before it finished the response"))
+        self.relay.listener_gone(self)
+
+    def on_command(self, message: RenewToken | ListenerMessage) -> None:
+        if isinstance(message, RenewToken):
+            self.relay.renew_token(self, message.token)
+        else:
+            super().on_command(message)
 
     def expire_at(self, wall_time: float) -> None:
         """Close with 1008 at *wall_time* unless the token is renewed first."""
@@ -120,3 +164,29 @@ class ControlChannel(WSListener):
         _log.info("event=listener_token_expired hc=%s listener=%s", self.hc_name, self.listener_id)
         self.close(1008, close_reason(
             "The security token has expired, therefore the authorization policy is violated"))
+
+
+class RequestRendezvous(ListenerSocket):
+    """A listener's socket for one HTTP request: the request may go out on it, the response comes back.
+
+    The relay closes it once the response is complete and never routes another request over it
+    (hyco-https never reads from a rendezvous it opened for a response, spec §11.4).
+    """
+
+    __slots__ = ("exchange",)
+
+    def __init__(self, exchange: HttpExchange) -> None:
+        super().__init__()
+        self.exchange = exchange
+        self.responses.exchanges[exchange.id] = exchange
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        super().on_ws_frame(transport, frame)
+        if self.exchange.body_complete and self.exchange.head.done() and not self.closed:
+            self.close(1000, "")
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        if self.writable is not None:
+            self.writable.set()  # wake a blocked writer so it sees the socket is gone
+        self.responses.fail_all(BadGateway("The listener dropped the request rendezvous before it finished"))

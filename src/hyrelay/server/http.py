@@ -1,4 +1,4 @@
-"""Plain HTTP on the relay's port: health now; the HTTP relay takes over the catch-all route later."""
+"""Plain HTTP on the relay's port: health, and every other path relayed to a listener."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..protocol.errors import EndpointNotFound, RelayError
+from ..protocol.errors import RelayError
 from .dispatch import utc_timestamp
 
 if TYPE_CHECKING:
@@ -34,10 +34,10 @@ async def health(request: web.Request) -> web.Response:
     })
 
 
-async def relay_http(request: web.Request) -> web.Response:
-    """Every path but ``/$...``: where relayed HTTP requests will be handled (not built yet)."""
-    return error_json(EndpointNotFound("HTTP request relaying is not available on this relay yet"),
-                      request.path)
+async def relay_http(request: web.Request) -> web.StreamResponse:
+    """Every other path: a relayed HTTP request."""
+    relay: Relay = request.app[RELAY_KEY]  # type: ignore[assignment]
+    return await relay.http.handle(request, error_json)
 
 
 def make_app(relay: "Relay") -> web.Application:

@@ -25,6 +25,8 @@ from .config import RelayConfig
 from .control import ControlChannel
 from .dispatch import Upgrade
 from .engine import send_close
+from .exchange import HttpExchange
+from .httprelay import HttpRelay
 from .pump import PumpEnd, pair
 from .router import Router
 
@@ -63,8 +65,9 @@ class Relay:
         self.store = store
         self.namespace = config.namespace
         self.snapshot: Snapshot = store.snapshot()
-        self.router: Router[ControlChannel, Pending] = Router()
+        self.router: Router[ControlChannel, Pending | HttpExchange] = Router()
         self.counters = Counters()
+        self.http = HttpRelay(self)
 
     # -- entry point ----------------------------------------------------------------------------
     def on_upgrade(self, up: Upgrade) -> None:
@@ -79,7 +82,7 @@ class Relay:
             elif action == "accept":
                 self._accept(up)
             elif action == "request":
-                raise Forbidden("The URL is not valid: no HTTP request rendezvous is pending at this address")
+                self._request_rendezvous(up)
             else:
                 raise BadRequest(f"Unknown sb-hc-action '{safe_reason(action, 40)}'; use listen, connect or accept")
         except RelayError as err:
@@ -107,6 +110,10 @@ class Relay:
             return RuleKeys(rule.name, rule.primary_key, rule.secondary_key, Rights.parse(rule.rights))
         return lookup
 
+    def authorize_sender(self, token: str | None, hc: HybridConnection, target: tuple[str, ...]) -> None:
+        """Check a sender's token for Send on *target* (the HC name plus any suffix)."""
+        self._authorize(token, hc, target, Rights.SEND)
+
     def _authorize(self, token: str | None, hc: HybridConnection, target: tuple[str, ...],
                    needed: Rights) -> SasToken:
         return authorize(token, target=target, lookup=self._lookup(hc), needed=needed, now=time.time(),
@@ -116,7 +123,7 @@ class Relay:
     def _token(up: Upgrade) -> str | None:
         return up.head.header("ServiceBusAuthorization") or up.target.params.get("sb-hc-token")
 
-    def _hc_key(self, name: str) -> str:
+    def hc_key(self, name: str) -> str:
         return f"{self.namespace}/{name.lower()}"
 
     def _base_url(self, up: Upgrade) -> str:
@@ -133,7 +140,7 @@ class Relay:
         token = self._authorize(self._token(up), hc, path_segments(hc.name), Rights.LISTEN)
         given = up.target.params.get("sb-hc-id", "").split("_", 1)[0]
         listener_id = given if _SAFE_ID.fullmatch(given or "") else str(uuid.uuid4())
-        key = self._hc_key(hc.name)
+        key = self.hc_key(hc.name)
         channel = ControlChannel(self, key, hc.name, listener_id, up.peer, self._base_url(up))
         limit = hc.max_listeners or self.config.max_listeners
         if not self.router.add_listener(key, channel, limit):
@@ -171,9 +178,9 @@ class Relay:
         if hc.requires_client_authorization:
             target = path_segments(hc.name) + path_segments(raw_suffix)
             self._authorize(self._token(up), hc, target, Rights.SEND)
-        key = self._hc_key(hc.name)
-        allowed = _id_set(up.head.header("Microsoft-Relay-AllowedListeners"))
-        disallowed = _id_set(up.head.header("Microsoft-Relay-DisallowedListeners"))
+        key = self.hc_key(hc.name)
+        allowed = self.id_set(up.head.header("Microsoft-Relay-AllowedListeners"))
+        disallowed = self.id_set(up.head.header("Microsoft-Relay-DisallowedListeners"))
         candidates = self.router.choose(key, allowed, disallowed)
         if not candidates:
             if (allowed is not None or disallowed) and self.router.listeners(key):
@@ -215,10 +222,7 @@ class Relay:
     # -- accept (the listener's rendezvous) -----------------------------------------------------
     def _accept(self, up: Upgrade) -> None:
         params = up.target.params
-        secret = params.get(f"sb-hc-{RENDEZVOUS_PARAM}", "")
-        pending = self.router.take_pending(secret) if secret else None
-        if pending is None:
-            raise Forbidden("The URL is not valid: the rendezvous address is unknown, expired or already used")
+        pending = self._take_pending(up, Pending)
         if pending.timer is not None:
             pending.timer.cancel()
         status = params.get("sb-hc-statuscode") or params.get("statuscode")
@@ -244,6 +248,20 @@ class Relay:
         _log.info("event=connection_opened connection=%s listener=%s protocol=%s",
                   pending.connection_id, pending.listener.listener_id, chosen or "-")
 
+    def _take_pending(self, up: Upgrade, kind: type):
+        secret = up.target.params.get(f"sb-hc-{RENDEZVOUS_PARAM}", "")
+        pending = self.router.take_pending(secret) if secret else None
+        if pending is not None and not isinstance(pending, kind):
+            self.router.add_pending(secret, pending)  # an address of the other kind: leave it be
+            pending = None
+        if pending is None:
+            raise Forbidden("The URL is not valid: the rendezvous address is unknown, expired or already used")
+        return pending
+
+    def _request_rendezvous(self, up: Upgrade) -> None:
+        exchange = self._take_pending(up, HttpExchange)
+        self.http.on_rendezvous(up, exchange)
+
     def _reject_sender(self, up: Upgrade, pending: Pending, status: str, description: str | None) -> None:
         try:
             code = int(status)
@@ -262,6 +280,13 @@ class Relay:
         up.reject(err)
         _log.info("event=connection_rejected connection=%s status=%s tracking_id=%s",
                   pending.connection_id, code, tracking)
+
+    @staticmethod
+    def id_set(header: str | None) -> set[str] | None:
+        """Listener ids from an Allowed/DisallowedListeners header (None if absent)."""
+        if header is None:
+            return None
+        return {part.strip().lower() for part in header.split(",") if part.strip()}
 
     # -- store changes --------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -285,7 +310,3 @@ class Relay:
                         side.transport.disconnect()
 
 
-def _id_set(header: str | None) -> set[str] | None:
-    if header is None:
-        return None
-    return {part.strip().lower() for part in header.split(",") if part.strip()}

@@ -1,0 +1,175 @@
+"""One relayed HTTP request while it waits for, and streams, its response.
+
+Response bodies arrive as WebSocket frames in engine callbacks; the HTTP handler reads them
+as an async stream. Between the two sits a small queue that pauses the listener's socket when
+the HTTP client reads slower than the listener writes, so nothing buffers without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..protocol.errors import BadGateway, GatewayTimeout, RelayError
+from ..protocol.messages import MalformedResponse, ResponseHead, parse_response
+from .engine import WSTransport
+
+__all__ = ["HttpExchange", "ResponseRouter"]
+
+_log = logging.getLogger("hyrelay.server")
+
+#: Pause the listener's socket once this much response body waits for a slow HTTP client.
+HIGH_WATER = 1 << 20
+LOW_WATER = 256 << 10
+
+
+class HttpExchange:
+    """The relay's half of one HTTP request: its response head, then its body chunks."""
+
+    __slots__ = ("id", "hc_name", "secret", "head", "rendezvous", "_chunks", "_buffered", "_paused",
+                 "discard", "finished", "_ended")
+
+    def __init__(self, request_id: str, hc_name: str, secret: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.id = request_id
+        self.hc_name = hc_name
+        self.secret = secret
+        self.head: asyncio.Future[ResponseHead] = loop.create_future()
+        #: Set when the listener opens this request's rendezvous.
+        self.rendezvous: asyncio.Future[Any] = loop.create_future()
+        self._chunks: asyncio.Queue[bytes | RelayError | None] = asyncio.Queue()
+        self._buffered = 0
+        self._paused: WSTransport | None = None
+        self.discard = False
+        self.finished = False
+        self._ended = False
+
+    # -- engine side (sync callbacks) -----------------------------------------------------------
+    def deliver(self, head: ResponseHead) -> None:
+        if not self.head.done():
+            self.head.set_result(head)
+        if not head.body:
+            self._ended = True
+
+    def feed(self, data: bytes, fin: bool, source: WSTransport) -> None:
+        """A frame of the response body arrived on *source*."""
+        if fin:
+            self._ended = True
+        if self.discard:
+            return
+        if data:
+            self._chunks.put_nowait(data)
+            self._buffered += len(data)
+            if self._buffered > HIGH_WATER and self._paused is None:
+                self._paused = source
+                source.underlying_transport.pause_reading()
+        if fin:
+            self._chunks.put_nowait(None)
+
+    def fail(self, err: RelayError) -> None:
+        """The listener side broke: a waiting client gets *err*, a streaming one is cut."""
+        if not self.head.done():
+            self.head.set_exception(err)
+            self.head.exception()  # retrieved here so an abandoned exchange logs no warning
+        elif not self._ended:
+            self._chunks.put_nowait(err)
+        self._ended = True
+        if not self.rendezvous.done():
+            self.rendezvous.set_exception(err)
+            self.rendezvous.exception()
+
+    @property
+    def body_complete(self) -> bool:
+        return self._ended
+
+    # -- HTTP side ------------------------------------------------------------------------------
+    async def body(self, idle_timeout: float | None) -> AsyncIterator[bytes]:
+        """The response body as it arrives; an idle gap over *idle_timeout* ends it with 504."""
+        while True:
+            try:
+                item = await asyncio.wait_for(self._chunks.get(), idle_timeout)
+            except asyncio.TimeoutError:
+                raise GatewayTimeout("The listener stopped sending the response body") from None
+            if item is None:
+                return
+            if isinstance(item, RelayError):
+                raise item
+            self._buffered -= len(item)
+            if self._paused is not None and self._buffered < LOW_WATER:
+                if not self._paused.is_disconnected:
+                    self._paused.underlying_transport.resume_reading()
+                self._paused = None
+            yield item
+
+    def abandon(self) -> None:
+        """The HTTP client went away: drop whatever else the listener sends for it."""
+        self.discard = True
+        if self._paused is not None and not self._paused.is_disconnected:
+            self._paused.underlying_transport.resume_reading()
+        self._paused = None
+
+
+class _Discard:
+    """Body sink for a response nobody waits for (late, duplicate or unknown requestId)."""
+
+    def feed(self, data: bytes, fin: bool, source: WSTransport) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+
+
+class ResponseRouter:
+    """Matches ``response`` messages, and the one binary message after each, to exchanges."""
+
+    __slots__ = ("exchanges", "_body")
+
+    def __init__(self) -> None:
+        self.exchanges: dict[str, HttpExchange] = {}
+        self._body: HttpExchange | _Discard | None = None
+
+    def on_response(self, doc: Any) -> HttpExchange | None:
+        """Route a ``response``; returns its exchange, or None if nobody waits for it.
+
+        Raises:
+            ProtocolViolation: the response has no requestId, so the channel cannot be trusted.
+        """
+        try:
+            head = parse_response(doc)
+        except MalformedResponse as err:
+            exchange = self.exchanges.pop(err.request_id, None)
+            if err.body:
+                self._body = _DISCARD
+            if exchange is not None:
+                exchange.fail(BadGateway(f"The listener sent a malformed response: {err.message}"))
+            return None
+        exchange = self.exchanges.pop(head.request_id, None)
+        if exchange is None:
+            _log.info("event=response_unmatched request=%s (late, duplicate or unknown)", head.request_id)
+        if head.body:
+            self._body = exchange if exchange is not None else _DISCARD
+        if exchange is not None:
+            exchange.deliver(head)
+        return exchange
+
+    def on_body_frame(self, data: bytes, fin: bool, source: WSTransport) -> bool:
+        """Feed a binary frame to the response it belongs to; False if no body is pending."""
+        target = self._body
+        if target is None:
+            return False
+        if fin:
+            self._body = None
+        target.feed(data, fin, source)
+        return True
+
+    def fail_all(self, err: RelayError) -> None:
+        body, self._body = self._body, None
+        if isinstance(body, HttpExchange):
+            body.fail(err)
+        for exchange in self.exchanges.values():
+            exchange.fail(err)
+        self.exchanges.clear()
+
+

@@ -1,0 +1,212 @@
+"""Relayed HTTP (spec §4): any request to ``/{hc}[/more]`` goes to one listener of that hybrid connection.
+
+Small requests whose body is already read travel inline on the control channel; larger or
+chunked ones go by rendezvous and stream. Responses stream back as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+import uuid
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from ..protocol.addresses import build_address, filter_query, path_segments, query_params
+from ..protocol.errors import (BadGateway, EndpointNotFound, GatewayTimeout, HeadersTooLarge, RelayError,
+                               RequestTooLarge, safe_reason)
+from ..protocol.headers import add_via, request_headers, response_headers
+from ..protocol.messages import MAX_HEADER_METADATA, MAX_INLINE_REQUEST, HttpRequest, request_message
+from ..protocol.rights import Rights
+from .control import ControlChannel, RequestRendezvous
+from .exchange import HttpExchange
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+__all__ = ["HttpRelay"]
+
+_log = logging.getLogger("hyrelay.server")
+_access = logging.getLogger("hyrelay.access")
+
+#: Request bodies stream to the listener in fragments of this size.
+CHUNK = 64 * 1024
+
+
+class HttpRelay:
+    """The HTTP half of the relay; shares the router and the store snapshot with :class:`Relay`."""
+
+    def __init__(self, relay: "Relay") -> None:
+        self.relay = relay
+
+    def _timeout(self, hc_timeout: float | None) -> float | None:
+        value = self.relay.config.request_timeout if hc_timeout is None else hc_timeout
+        return value or None  # 0 means no limit
+
+    async def handle(self, request: web.Request, error_json) -> web.StreamResponse:
+        """Relay *request*; failures are JSON errors without ``Via`` (spec §4.9)."""
+        started = time.monotonic()
+        relay = self.relay
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        decoded = "/".join(unquote(s) for s in raw_path.split("/") if s)
+        tracker = f"{relay.namespace}:{decoded}"
+        exchange: HttpExchange | None = None
+        channel: ControlChannel | None = None
+        sent = 0
+        try:
+            found = relay.snapshot.find_hc(relay.namespace, decoded)
+            if found is None:
+                raise EndpointNotFound(f"Endpoint does not exist: no hybrid connection matches "
+                                       f"'{safe_reason(decoded, 200)}'")
+            hc, _ = found
+            params = query_params(raw_query)
+            token = request.headers.get("ServiceBusAuthorization") or params.get("sb-hc-token")
+            evaluated_authorization = False
+            if hc.requires_client_authorization:
+                if not token and "Authorization" in request.headers:
+                    token, evaluated_authorization = request.headers["Authorization"], True
+                relay.authorize_sender(token, hc, path_segments(decoded))
+            key = relay.hc_key(hc.name)
+            allowed = relay.id_set(request.headers.get("Microsoft-Relay-AllowedListeners"))
+            disallowed = relay.id_set(request.headers.get("Microsoft-Relay-DisallowedListeners"))
+            candidates = relay.router.choose(key, allowed, disallowed)
+            if not candidates:
+                if (allowed is not None or disallowed) and relay.router.listeners(key):
+                    raise EndpointNotFound("None of the connected listeners meet the "
+                                           "AllowedListeners/DisallowedListeners criteria")
+                raise BadGateway(f"No listener is online for '{hc.name}': the request could not be routed")
+            headers = request_headers(request.headers.items(), strip_authorization=evaluated_authorization)
+            head_size = sum(len(k) + len(v) + 4 for k, v in headers.items())
+            if head_size > MAX_HEADER_METADATA:
+                raise HeadersTooLarge(f"The request headers are {head_size} bytes; at most "
+                                      f"{MAX_HEADER_METADATA} can be relayed")
+            limit = relay.config.max_request_body
+            length = request.content_length
+            if limit is not None and length is not None and length > limit:
+                raise RequestTooLarge(f"The request body is {length} bytes; this relay accepts at most {limit}")
+            channel = candidates[0]
+            request_id = str(uuid.uuid4())
+            secret = secrets.token_urlsafe(24)
+            exchange = HttpExchange(request_id, hc.name, secret)
+            address = build_address(channel.base_url, raw_path.lstrip("/"), "", action="request",
+                                    id=request_id, rendezvous=secret)
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            app_query = filter_query(raw_query)
+            target = raw_path + ("?" + app_query if app_query else "")
+            full = HttpRequest(address, request_id, target, request.method, headers,
+                               str(peer[0]) if peer else None, int(peer[1]) if peer else None)
+            relay.router.add_pending(secret, exchange)
+            channel.responses.exchanges[request_id] = exchange
+            chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+            inline = not chunked and head_size + (length or 0) <= MAX_INLINE_REQUEST
+            body_task: asyncio.Task[None] | None = None
+            if inline:
+                body = await request.read() if length else b""
+                if not channel.send_text(request_message(_with_body(full, bool(body)))):
+                    raise BadGateway("The listener disconnected before the request could be delivered")
+                if body:
+                    channel.send_binary(body, first=True, fin=True)  # right after its request: never interleaved
+            else:
+                if not channel.send_text(request_message(HttpRequest(address, request_id))):
+                    raise BadGateway("The listener disconnected before the request could be delivered")
+                body_task = asyncio.create_task(self._stream_request(request, exchange, full, limit))
+            timeout = self._timeout(hc.request_timeout)
+            try:
+                head = await asyncio.wait_for(asyncio.shield(exchange.head), timeout)
+            except asyncio.TimeoutError:
+                raise GatewayTimeout("The request was routed to the listener but the listener did not "
+                                     "respond in the required time") from None
+            finally:
+                if body_task is not None and (not exchange.head.done() or exchange.head.exception()):
+                    body_task.cancel()
+            response = web.StreamResponse(status=head.status, reason=_reason(head.status, head.description))
+            for name, value in response_headers(head.headers or {}):
+                response.headers.add(name, value)
+            via = next((v for k, v in (head.headers or {}).items() if k.lower() == "via"), None)
+            response.headers["Via"] = add_via(via, request.host or relay.namespace)
+            bodiless = request.method == "HEAD" or head.status in (204, 304) or head.status < 200
+            if not head.body:
+                if not bodiless:
+                    response.content_length = 0
+                await response.prepare(request)
+            else:
+                await response.prepare(request)
+                async for chunk in exchange.body(timeout):
+                    if not bodiless:
+                        await response.write(chunk)
+                        sent += len(chunk)
+            await response.write_eof()
+            _access.info("event=http_request method=%s path=%s status=%s bytes_out=%s ms=%.1f request=%s",
+                         request.method, raw_path, head.status, sent,
+                         (time.monotonic() - started) * 1000, exchange.id)
+            return response
+        except RelayError as err:
+            if exchange is not None and exchange.head.done() and not exchange.head.exception():
+                raise  # headers already sent: cut the connection, the client sees a truncated body
+            _access.info("event=http_request method=%s path=%s status=%s tracking_id=%s reason=%r",
+                         request.method, raw_path, err.status, err.tracking_id, err.message)
+            return error_json(err, tracker)
+        finally:
+            if exchange is not None:
+                exchange.abandon()
+                relay.router.drop_pending(exchange.secret)
+                if channel is not None:
+                    channel.responses.exchanges.pop(exchange.id, None)
+                if exchange.rendezvous.done() and not exchange.rendezvous.exception():
+                    rendezvous: RequestRendezvous = exchange.rendezvous.result()
+                    rendezvous.close(1000, "")
+
+    async def _stream_request(self, request: web.Request, exchange: HttpExchange, full: HttpRequest,
+                              limit: int | None) -> None:
+        """Send the request over the listener's rendezvous, its body as one fragmented message."""
+        try:
+            rendezvous: RequestRendezvous = await asyncio.wait_for(
+                asyncio.shield(exchange.rendezvous), self.relay.config.accept_timeout)
+        except asyncio.TimeoutError:
+            exchange.fail(GatewayTimeout("The listener did not open the request rendezvous in time"))
+            return
+        except RelayError:
+            return
+        has_body = request.body_exists
+        if not rendezvous.send_text(request_message(_with_body(full, has_body))):
+            return
+        if not has_body:
+            return
+        total, first = 0, True
+        async for chunk in request.content.iter_chunked(CHUNK):
+            total += len(chunk)
+            if limit is not None and total > limit:
+                rendezvous.close(1009, "request body too large")
+                exchange.fail(RequestTooLarge(f"The request body is larger than {limit} bytes"))
+                return
+            await rendezvous.drained()
+            if not rendezvous.send_binary(chunk, first=first, fin=False):
+                return
+            first = False
+        rendezvous.send_binary(b"", first=first, fin=True)
+
+    def on_rendezvous(self, up, exchange: HttpExchange) -> None:
+        """The listener opened a request's rendezvous (to fetch a request or to answer one)."""
+        rendezvous = RequestRendezvous(exchange)
+        if up.accept(rendezvous, None, max_frame_size=self.relay.config.max_frame_size):
+            if not exchange.rendezvous.done():
+                exchange.rendezvous.set_result(rendezvous)
+
+
+def _with_body(request: HttpRequest, body: bool) -> HttpRequest:
+    return HttpRequest(request.address, request.id, request.target, request.method, request.headers,
+                       request.remote_address, request.remote_port, body)
+
+
+def _reason(status: int, description: str | None) -> str:
+    if description:
+        return safe_reason(description, 200)
+    with contextlib.suppress(ValueError):
+        return HTTPStatus(status).phrase
+    return "Unknown"
