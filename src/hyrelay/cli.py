@@ -41,7 +41,8 @@ _log = logging.getLogger("hyrelay.cli")
 
 SERVE_SETTINGS = (
     "host", "port", "data_dir", "public_url", "tls_cert", "tls_key", "max_listeners",
-    "log_level", "namespace", "token_grace", "clock_skew", "accept_timeout",
+    "log_level", "namespace", "token_grace", "clock_skew", "accept_timeout", "request_timeout",
+    "max_request_body",
 )
 STORE_SETTINGS = ("data_dir", "namespace")
 
@@ -91,9 +92,9 @@ def _setting_options(names: Sequence[str]) -> Callable[[F], F]:
 
 
 def _metavar(name: str) -> str:
-    if name in ("port", "max_listeners"):
+    if name in ("port", "max_listeners", "max_request_body"):
         return "INT"
-    if name in ("token_grace", "clock_skew", "accept_timeout"):
+    if name in ("token_grace", "clock_skew", "accept_timeout", "request_timeout"):
         return "SECONDS"
     if name in ("data_dir", "tls_cert", "tls_key"):
         return "PATH"

@@ -142,6 +142,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("token_grace", _seconds(positive=False), "Seconds a listener outlives its token's expiry."),
     Setting("clock_skew", _seconds(positive=False), "Seconds of clock skew tolerated on token expiry."),
     Setting("accept_timeout", _seconds(positive=True), "Seconds a sender waits for the listener to accept."),
+    Setting("request_timeout", _seconds(positive=False),
+            "Seconds a listener has to answer a relayed HTTP request (0: no limit)."),
+    Setting("max_request_body", _int(1), "Largest relayed HTTP request body in bytes (default: no limit)."),
 )}
 
 _DEFAULTS: dict[str, object] = {"data_dir": DEFAULT_DATA_DIR}

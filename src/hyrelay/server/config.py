@@ -12,7 +12,7 @@ class RelayConfig:
 
     host: str = "127.0.0.1"
     port: int = 9000
-    data_dir: Path = Path(".hyrelay")
+    data_dir: Path = Path("hyrelay-data")
     public_url: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
