@@ -19,7 +19,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from ..protocol.addresses import build_address, filter_query, path_segments, query_params
-from ..protocol.errors import (BadGateway, EndpointNotFound, GatewayTimeout, HeadersTooLarge, RelayError,
+from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, GatewayTimeout, HeadersTooLarge, RelayError,
                                RequestTooLarge, safe_reason)
 from ..protocol.headers import add_via, request_headers, response_headers
 from ..protocol.messages import MAX_HEADER_METADATA, MAX_INLINE_REQUEST, HttpRequest, request_message
@@ -179,16 +179,28 @@ class HttpRelay:
         if not has_body:
             return
         total, first = 0, True
-        async for chunk in request.content.iter_chunked(CHUNK):
-            total += len(chunk)
-            if limit is not None and total > limit:
-                rendezvous.close(1009, "request body too large")
-                exchange.fail(RequestTooLarge(f"The request body is larger than {limit} bytes"))
-                return
-            await rendezvous.drained()
-            if not rendezvous.send_binary(chunk, first=first, fin=False):
-                return
-            first = False
+        try:
+            async for chunk in request.content.iter_chunked(CHUNK):
+                total += len(chunk)
+                if limit is not None and total > limit:
+                    err: RelayError = RequestTooLarge(f"The request body is larger than {limit} bytes")
+                    rendezvous.close(1009, err.close_reason())
+                    exchange.fail(err)
+                    return
+                await rendezvous.drained()
+                if not rendezvous.send_binary(chunk, first=first, fin=False):
+                    return
+                first = False
+        except Exception as exc:  # the sender hung up or sent a broken body: release the listener
+            err = BadRequest(f"The sender stopped before its whole request body arrived ({type(exc).__name__})")
+            rendezvous.close(1001, err.close_reason())
+            exchange.fail(err)
+            return
+        if request.content_length is not None and total < request.content_length:
+            err = BadRequest(f"The sender sent {total} of {request.content_length} body bytes")
+            rendezvous.close(1001, err.close_reason())
+            exchange.fail(err)
+            return
         rendezvous.send_binary(b"", first=first, fin=True)
 
     def on_rendezvous(self, up, exchange: HttpExchange) -> None:
