@@ -44,5 +44,6 @@ def make_app(relay: "Relay") -> web.Application:
     app = web.Application()
     app[RELAY_KEY] = relay
     app.router.add_get("/$health", health)
+    # Service endpoints under /$... go here, before the catch-all route that relays everything else.
     app.router.add_route("*", "/{tail:.*}", relay_http)
     return app

@@ -58,6 +58,7 @@ class HttpRelay:
         tracker = f"{relay.namespace}:{decoded}"
         exchange: HttpExchange | None = None
         channel: ControlChannel | None = None
+        hc_name: str | None = None
         sent = 0
         try:
             found = relay.snapshot.find_hc(relay.namespace, decoded)
@@ -65,6 +66,7 @@ class HttpRelay:
                 raise EndpointNotFound(f"Endpoint does not exist: no hybrid connection matches "
                                        f"'{safe_reason(decoded, 200)}'")
             hc, _ = found
+            hc_name = hc.name
             params = query_params(raw_query)
             token = request.headers.get("ServiceBusAuthorization") or params.get("sb-hc-token")
             evaluated_authorization = False
@@ -142,6 +144,7 @@ class HttpRelay:
                         await response.write(chunk)
                         sent += len(chunk)
             await response.write_eof()
+            relay.observer.http_request(hc.name, request.method, head.status, time.monotonic() - started, sent)
             _access.info("event=http_request method=%s path=%s status=%s bytes_out=%s ms=%.1f request=%s",
                          request.method, raw_path, head.status, sent,
                          (time.monotonic() - started) * 1000, exchange.id)
@@ -151,6 +154,8 @@ class HttpRelay:
                 raise  # headers already sent: cut the connection, the client sees a truncated body
             _access.info("event=http_request method=%s path=%s status=%s tracking_id=%s reason=%r",
                          request.method, raw_path, err.status, err.tracking_id, err.message)
+            if hc_name is not None:  # never count unknown names: they are attacker-chosen
+                relay.observer.http_request(hc_name, request.method, err.status, time.monotonic() - started, 0)
             return error_json(err, tracker)
         finally:
             if exchange is not None:

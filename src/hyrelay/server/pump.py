@@ -27,7 +27,7 @@ _DATA = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION)
 class PumpEnd(WSListener):
     """One side of a relayed connection; ``peer`` is the other side."""
 
-    __slots__ = ("role", "peer", "transport", "close_received", "gone", "on_finished", "_timer")
+    __slots__ = ("role", "peer", "transport", "close_received", "gone", "on_finished", "_timer", "nbytes")
 
     def __init__(self, role: str) -> None:
         self.role = role
@@ -37,6 +37,8 @@ class PumpEnd(WSListener):
         self.gone = False
         self.on_finished: Callable[[PumpEnd], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: Payload bytes received on this end (BytesTransferred).
+        self.nbytes = 0
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -45,6 +47,7 @@ class PumpEnd(WSListener):
         msg_type = frame.msg_type
         peer = self.peer
         if msg_type in _DATA:
+            self.nbytes += frame.payload_size
             if peer is not None and not peer.gone:
                 peer.transport.send(msg_type, frame.get_payload_as_memoryview(), frame.fin)  # type: ignore[union-attr]
         elif msg_type is WSMsgType.CLOSE:

@@ -27,6 +27,7 @@ from .dispatch import Upgrade
 from .engine import send_close
 from .exchange import HttpExchange
 from .httprelay import HttpRelay
+from .observe import Observer
 from .pump import PumpEnd, pair
 from .router import Router
 
@@ -51,9 +52,8 @@ class Pending:
 
 @dataclass(slots=True)
 class Counters:
-    listeners_accepted: int = 0
-    senders_accepted: int = 0
-    rejected: int = 0
+    """Live state the observer does not keep: the relayed connections per hybrid connection."""
+
     active: dict[str, set[PumpEnd]] = field(default_factory=dict)
 
 
@@ -67,6 +67,7 @@ class Relay:
         self.snapshot: Snapshot = store.snapshot()
         self.router: Router[ControlChannel, Pending | HttpExchange] = Router()
         self.counters = Counters()
+        self.observer = Observer()
         self.http = HttpRelay(self)
 
     # -- entry point ----------------------------------------------------------------------------
@@ -86,12 +87,18 @@ class Relay:
             else:
                 raise BadRequest(f"Unknown sb-hc-action '{safe_reason(action, 40)}'; use listen, connect or accept")
         except RelayError as err:
-            self.counters.rejected += 1
             up.reject(err, tracker)
+            self._failed(up, err)
         except Exception:
             err = InternalError("The relay failed to handle the request")
             _log.exception("event=internal_error tracking_id=%s", err.tracking_id)
             up.reject(err, tracker)
+            self._failed(up, err)
+
+    def _failed(self, up: Upgrade, err: RelayError) -> None:
+        found = self.snapshot.find_hc(self.namespace, up.target.decoded_path)
+        self.observer.upgrade_failed(up.target.action, found[0].name if found else None, err.status,
+                                     err.reason())
 
     # -- helpers --------------------------------------------------------------------------------
     def _resolve(self, up: Upgrade) -> tuple[HybridConnection, str]:
@@ -102,9 +109,18 @@ class Relay:
         hc, _ = found
         return hc, up.target.raw_suffix(hc.name.count("/") + 1)
 
-    def _lookup(self, hc: HybridConnection):
+    def authorize_manage(self, token: str | None, target: tuple[str, ...]) -> SasToken:
+        """Check a token for Manage, signed with a namespace-level rule (the admin API).
+
+        Raises:
+            Unauthorized, Forbidden: as for any other token (401/403).
+        """
+        return authorize(token, target=target, lookup=self._lookup(None), needed=Rights.MANAGE,
+                         now=time.time(), skew=self.config.clock_skew, entity="$admin")
+
+    def _lookup(self, hc: HybridConnection | None):
         def lookup(key_name: str) -> RuleKeys | None:
-            rule = self.snapshot.rules_for(self.namespace, hc.name, key_name)
+            rule = self.snapshot.rules_for(self.namespace, hc.name if hc else None, key_name)
             if rule is None:
                 return None
             return RuleKeys(rule.name, rule.primary_key, rule.secondary_key, Rights.parse(rule.rights))
@@ -150,7 +166,7 @@ class Relay:
             self.router.remove_listener(key, channel)
             return
         channel.expire_at(token.expires_at + self.config.token_grace)
-        self.counters.listeners_accepted += 1
+        self.observer.listener_online(hc.name, listener_id, up.peer)
         _log.info("event=listener_online hc=%s listener=%s peer=%s:%s", hc.name, listener_id, *up.peer)
 
     def renew_token(self, channel: ControlChannel, token_text: str) -> None:
@@ -170,6 +186,7 @@ class Relay:
 
     def listener_gone(self, channel: ControlChannel) -> None:
         self.router.remove_listener(channel.hc_key, channel)
+        self.observer.listener_offline(channel.hc_name, channel.listener_id)
         _log.info("event=listener_offline hc=%s listener=%s", channel.hc_name, channel.listener_id)
 
     # -- connect --------------------------------------------------------------------------------
@@ -243,8 +260,16 @@ class Relay:
             return
         active = self.counters.active.setdefault(pending.hc_key, set())
         active.add(sender_end)
-        sender_end.on_finished = lambda end: active.discard(end)
-        self.counters.senders_accepted += 1
+        hc_name, connection_id = pending.listener.hc_name, pending.connection_id
+
+        def finished(end: PumpEnd) -> None:
+            active.discard(end)
+            self.observer.connection_closed(hc_name, connection_id, end.nbytes + listener_end.nbytes)
+            _log.info("event=connection_closed connection=%s bytes=%s", connection_id,
+                      end.nbytes + listener_end.nbytes)
+
+        sender_end.on_finished = finished
+        self.observer.connection_opened(hc_name, connection_id, pending.listener.listener_id)
         _log.info("event=connection_opened connection=%s listener=%s protocol=%s",
                   pending.connection_id, pending.listener.listener_id, chosen or "-")
 
@@ -281,6 +306,20 @@ class Relay:
         _log.info("event=connection_rejected connection=%s status=%s tracking_id=%s",
                   pending.connection_id, code, tracking)
 
+    def _announce_changes(self, old: Snapshot, new: Snapshot) -> None:
+        before = {hc.name: hc for hc in old.hcs(self.namespace)}
+        after = {hc.name: hc for hc in new.hcs(self.namespace)}
+        for name in after.keys() - before.keys():
+            self.observer.store_changed("hc_created", name)
+        for name in before.keys() - after.keys():
+            self.observer.stats.pop(name, None)
+            self.observer.store_changed("hc_deleted", name)
+        for name in after.keys() & before.keys():
+            if after[name] != before[name]:
+                self.observer.store_changed("hc_updated", name)
+        if old.rule_digest() != new.rule_digest():
+            self.observer.store_changed("rules_changed")
+
     @staticmethod
     def id_set(header: str | None) -> set[str] | None:
         """Listener ids from an Allowed/DisallowedListeners header (None if absent)."""
@@ -293,7 +332,8 @@ class Relay:
         """Pick up changes made through the store (CLI, API); close what was deleted."""
         if self.store.version() == self.snapshot.version:
             return
-        self.snapshot = self.store.snapshot()
+        old, self.snapshot = self.snapshot, self.store.snapshot()
+        self._announce_changes(old, self.snapshot)
         for key in set(self.router.hc_keys()) | set(self.counters.active):
             name = key.split("/", 1)[1]
             found = self.snapshot.find_hc(self.namespace, name)

@@ -87,6 +87,14 @@ class Snapshot:
                 return hc, path[cut:]
         return None
 
+    def rules(self) -> list[Rule]:
+        """Every rule, namespace and entity level."""
+        return [*self._ns_rules.values(), *self._hc_rules.values()]
+
+    def rule_digest(self) -> frozenset[Rule]:
+        """A value that changes whenever any rule (or key) changes."""
+        return frozenset(self.rules())
+
     def rules_for(self, namespace: str, entity: str | None, key_name: str) -> Rule | None:
         """Return the rule named key_name on entity, else on the namespace, else None."""
         ns_key = namespace.lower()
