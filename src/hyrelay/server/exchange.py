@@ -147,7 +147,8 @@ class ResponseRouter:
             return None
         exchange = self.exchanges.pop(head.request_id, None)
         if exchange is None:
-            _log.info("event=response_unmatched request=%s (late, duplicate or unknown)", head.request_id)
+            # Late (after a timeout), duplicate, or an answer to a multicast copy: drained, not an error.
+            _log.debug("event=response_unmatched request=%s", head.request_id)
         if head.body:
             self._body = exchange if exchange is not None else _DISCARD
         if exchange is not None:

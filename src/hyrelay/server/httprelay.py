@@ -78,7 +78,7 @@ class HttpRelay:
             allowed = relay.id_set(request.headers.get("Microsoft-Relay-AllowedListeners"))
             disallowed = relay.id_set(request.headers.get("Microsoft-Relay-DisallowedListeners"))
             candidates = relay.router.choose(key, allowed, disallowed)
-            if not candidates:
+            if not candidates and not hc.multicast:
                 if (allowed is not None or disallowed) and relay.router.listeners(key):
                     raise EndpointNotFound("None of the connected listeners meet the "
                                            "AllowedListeners/DisallowedListeners criteria")
@@ -92,15 +92,22 @@ class HttpRelay:
             length = request.content_length
             if limit is not None and length is not None and length > limit:
                 raise RequestTooLarge(f"The request body is {length} bytes; this relay accepts at most {limit}")
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            app_query = filter_query(raw_query)
+            target = raw_path + ("?" + app_query if app_query else "")
+            if hc.multicast:
+                body = await self._multicast_body(request, head_size)
+                reached = fan_out(candidates, raw_path, target, request.method, headers, peer, body)
+                relay.observer.http_request(hc.name, request.method, 202, time.monotonic() - started, 0)
+                _access.info("event=http_multicast method=%s path=%s listeners=%s", request.method, raw_path, reached)
+                return web.json_response({"listeners": reached}, status=202,
+                                         headers={"Hyrelay-Listeners": str(reached)})
             channel = candidates[0]
             request_id = str(uuid.uuid4())
             secret = secrets.token_urlsafe(24)
             exchange = HttpExchange(request_id, hc.name, secret)
             address = build_address(channel.base_url, raw_path.lstrip("/"), "", action="request",
                                     id=request_id, rendezvous=secret)
-            peer = request.transport.get_extra_info("peername") if request.transport else None
-            app_query = filter_query(raw_query)
-            target = raw_path + ("?" + app_query if app_query else "")
             full = HttpRequest(address, request_id, target, request.method, headers,
                                str(peer[0]) if peer else None, int(peer[1]) if peer else None)
             relay.router.add_pending(secret, exchange)
@@ -167,6 +174,18 @@ class HttpRelay:
                     rendezvous: RequestRendezvous = exchange.rendezvous.result()
                     rendezvous.close(1000, "")
 
+    async def _multicast_body(self, request: web.Request, head_size: int) -> bytes:
+        """Read a multicast message's body; it must fit on a control channel (spec §4.3)."""
+        if not request.body_exists:
+            return b""
+        room = MAX_INLINE_REQUEST - head_size
+        if (request.content_length or 0) > room:
+            raise RequestTooLarge(f"Multicast messages are limited to {room} bytes of body")
+        body = await request.content.read(room + 1)
+        if len(body) > room or not request.content.at_eof():
+            raise RequestTooLarge(f"Multicast messages are limited to {room} bytes of body")
+        return body
+
     async def _stream_request(self, request: web.Request, exchange: HttpExchange, full: HttpRequest,
                               limit: int | None) -> None:
         """Send the request over the listener's rendezvous, its body as one fragmented message."""
@@ -214,6 +233,25 @@ class HttpRelay:
         if up.accept(rendezvous, None, max_frame_size=self.relay.config.max_frame_size):
             if not exchange.rendezvous.done():
                 exchange.rendezvous.set_result(rendezvous)
+
+
+def fan_out(listeners: list[ControlChannel], raw_path: str, target: str, method: str,
+            headers: dict[str, str], peer: tuple | None, body: bytes) -> int:
+    """Deliver one message to every listener as an inline request; returns how many it reached.
+
+    A multicast hybrid connection has no reply, so listeners' answers are drained unread.
+    """
+    reached = 0
+    for channel in listeners:
+        address = build_address(channel.base_url, raw_path.lstrip("/"), "", action="request", id="multicast")
+        message = HttpRequest(address, str(uuid.uuid4()), target, method, headers,
+                              str(peer[0]) if peer else None, int(peer[1]) if peer else None, bool(body))
+        # Text and body back to back with no await between: nothing can interleave.
+        if channel.send_text(request_message(message)):
+            if body:
+                channel.send_binary(body, first=True, fin=True)
+            reached += 1
+    return reached
 
 
 def _with_body(request: HttpRequest, body: bool) -> HttpRequest:

@@ -28,6 +28,7 @@ from .engine import send_close
 from .exchange import HttpExchange
 from .httprelay import HttpRelay
 from .observe import Observer
+from .publish import Publisher
 from .pump import PumpEnd, pair
 from .router import Router
 
@@ -196,6 +197,9 @@ class Relay:
             target = path_segments(hc.name) + path_segments(raw_suffix)
             self._authorize(self._token(up), hc, target, Rights.SEND)
         key = self.hc_key(hc.name)
+        if hc.multicast:
+            self._publisher(up, hc, key)
+            return
         allowed = self.id_set(up.head.header("Microsoft-Relay-AllowedListeners"))
         disallowed = self.id_set(up.head.header("Microsoft-Relay-DisallowedListeners"))
         candidates = self.router.choose(key, allowed, disallowed)
@@ -222,6 +226,19 @@ class Relay:
         self.router.add_pending(secret, pending)
         up.on_lost = lambda: self._sender_gone(secret)
         _log.info("event=accept_sent hc=%s connection=%s listener=%s", hc.name, connection_id, channel.listener_id)
+
+    def _publisher(self, up: Upgrade, hc: HybridConnection, key: str) -> None:
+        """A sender on a multicast hybrid connection publishes to every listener instead."""
+        query = filter_query(up.target.query)
+        raw_path = "/" + up.target.raw_path.lstrip("/")
+        target = raw_path + ("?" + query if query else "")
+
+        def published(reached: int, nbytes: int) -> None:
+            self.observer.http_request(hc.name, "PUBLISH", 202, 0.0, nbytes * reached)
+
+        publisher = Publisher(lambda: self.router.listeners(key), raw_path, target, up.peer, published)
+        if up.accept(publisher, max_frame_size=self.config.max_frame_size):
+            _log.info("event=publisher_opened hc=%s peer=%s:%s", hc.name, *up.peer)
 
     def _accept_timed_out(self, secret: str) -> None:
         pending = self.router.take_pending(secret)
