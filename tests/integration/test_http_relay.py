@@ -51,16 +51,13 @@ class RawHttpListener:
     async def _handle(self, request: dict, body: bytes) -> None:
         if "method" not in request:  # a stub: fetch the request over its rendezvous
             rendezvous = await ws_connect(request["address"])
-            request = json.loads(await rendezvous.recv())["request"]
-            self.sockets[request["id"]] = rendezvous
-            body = b""
-            if request["body"]:
-                try:
-                    body = b"".join([f async for f in rendezvous.recv_streaming()])
-                except ConnectionClosed:
-                    self.requests.append(request)
-                    self.broken.append(request)
-                    return
+            try:
+                request = json.loads(await rendezvous.recv())["request"]
+                self.sockets[request["id"]] = rendezvous
+                body = b"".join([f async for f in rendezvous.recv_streaming()]) if request["body"] else b""
+            except ConnectionClosed:  # the relay gave up on this request
+                self.broken.append(request)
+                return
         self.requests.append(request)
         await self.answer(self, request, body)
 

@@ -1,8 +1,8 @@
 """The listener: a control channel to the relay, and rendezvous sockets for each sender (spec §2).
 
 ``async with listener:`` connects; ``async for connection in listener:`` hands out accepted
-connections. After a drop the listener reconnects by itself, with jittered exponential backoff,
-until ``close()``.
+connections, and relayed HTTP requests go to ``request_handler`` (spec §4, see :mod:`.http`).
+After a drop the listener reconnects by itself, with jittered exponential backoff, until ``close()``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,13 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from .. import __version__
 from ..protocol.addresses import build_address, filter_query, parse_hc_target, reject_address
 from ..protocol.errors import EndpointNotFound, ProtocolViolation, RelayError
-from ..protocol.messages import MAX_CONTROL_MESSAGE, Accept, parse_relay_message, renew_token_message
+from ..protocol.messages import (MAX_CONTROL_MESSAGE, Accept, parse_relay_message, parse_request,
+                                 renew_token_message)
 from ._endpoint import Endpoint, resolve
 from ._errors import error_from_handshake
 from .connection import MAX_FRAGMENT_SIZE, Headers, HybridConnection
+from .http import (DEFAULT_FLUSH_INTERVAL, MAX_INLINE_BODY, ControlLink, RequestDispatcher, RequestHandler, TooLarge,
+                   read_message)
 from .tokens import DEFAULT_TOKEN_LIFETIME, TokenProvider, token_provider_from_connection_string
 
 __all__ = ["HybridConnectionListener", "AcceptRequest", "ListenerEvent", "EventName"]
@@ -127,6 +130,12 @@ class HybridConnectionListener:
             *backlog_timeout* seconds for room, then gets 503.
         max_pending_accepts: accepts in progress at once; beyond it senders get 503 at once.
         max_message_size: bound for ``recv()`` of whole messages on accepted connections (None: none).
+        request_handler: ``async (RelayedRequest, RelayedResponse) -> None``, called for each relayed
+            HTTP request in its own task. Without one, requests are answered 501; a handler that
+            raises gives 500 (see :mod:`hyrelay.client.http`). It may also be set later as an attribute.
+        response_flush_interval: seconds after its first write that a response still buffered (at most
+            64 KiB) leaves over a rendezvous instead of waiting for ``end()``, as .NET does (None: never).
+        max_concurrent_requests: requests handled at once; beyond it requests get 503.
     """
 
     def __init__(
@@ -146,16 +155,22 @@ class HybridConnectionListener:
         backlog_timeout: float = 10.0,
         max_pending_accepts: int = 256,
         max_message_size: int | None = None,
+        request_handler: RequestHandler | None = None,
+        response_flush_interval: float | None = DEFAULT_FLUSH_INTERVAL,
+        max_concurrent_requests: int = 1000,
     ) -> None:
         self.endpoint, cs = resolve(address_or_connection_string, entity)
         if token_provider is None and cs is not None:
             token_provider = token_provider_from_connection_string(cs)
         if reconnect_min <= 0 or reconnect_max < reconnect_min:
             raise ValueError("need 0 < reconnect_min <= reconnect_max")
-        if backlog < 1 or max_pending_accepts < 1:
-            raise ValueError("backlog and max_pending_accepts must be at least 1")
+        if backlog < 1 or max_pending_accepts < 1 or max_concurrent_requests < 1:
+            raise ValueError("backlog, max_pending_accepts and max_concurrent_requests must be at least 1")
+        if response_flush_interval is not None and response_flush_interval < 0:
+            raise ValueError("response_flush_interval must not be negative")
         self.token_provider = token_provider
         self.accept_handler = accept_handler
+        self.request_handler = request_handler
         self.listener_id = listener_id or str(uuid.uuid4())
         self.ping_interval = ping_interval
         self.reconnect_min = reconnect_min
@@ -177,7 +192,12 @@ class HybridConnectionListener:
         self._online = False
         self._opened = False
         self._closing = False
+        self._closed: asyncio.Event | None = None
         self.error: RelayError | None = None
+        self._http = RequestDispatcher(
+            handler=lambda: self.request_handler, entity=self.endpoint.entity, ws_base=self.endpoint.ws_base,
+            connect=self._open_request_rendezvous, flush_interval=response_flush_interval,
+            max_concurrent=max_concurrent_requests, listener_id=self.listener_id)
 
     @classmethod
     def from_connection_string(cls, connection_string: str, *, entity: str | None = None,
@@ -190,6 +210,11 @@ class HybridConnectionListener:
     def is_online(self) -> bool:
         """True while the control channel is up."""
         return self._online
+
+    @property
+    def opened(self) -> bool:
+        """True once ``open()`` has been called (the listener may since have closed)."""
+        return self._opened
 
     @property
     def entity(self) -> str:
@@ -237,6 +262,7 @@ class HybridConnectionListener:
         if self._opened:
             raise RuntimeError("the listener is already open (a closed listener cannot be reopened)")
         self._opened = True
+        self._closed = asyncio.Event()
         self._slots = asyncio.Semaphore(self._backlog)
         self._queue = asyncio.Queue()
         self._emit(ListenerEvent("connecting"))
@@ -247,6 +273,7 @@ class HybridConnectionListener:
             _log.warning("event=listener_open_failed hc=%s listener=%s error=%r",
                          self.entity, self.listener_id, exc)
             self._queue.put_nowait(_CLOSED)
+            self._closed.set()
             raise
         self._went_online(ws)
         self._runner = asyncio.create_task(self._run(ws, token, expires_at),
@@ -276,7 +303,21 @@ class HybridConnectionListener:
             self._emit(ListenerEvent("offline", close_code=1000, close_reason="Normal Closure"))
         await asyncio.gather(*(c.close(1001, "The listener closed") for c in self._finish()),
                              return_exceptions=True)
+        if self._closed is not None:
+            self._closed.set()
         _log.info("event=listener_closed hc=%s listener=%s", self.entity, self.listener_id)
+
+    async def wait_closed(self) -> None:
+        """Return once the listener has closed (``close()``, or it stopped for good).
+
+        Raises:
+            RelayError: the listener stopped for good (``stop_on_not_found`` and a 404).
+        """
+        if self._closed is None:
+            raise RuntimeError("open the listener first (async with listener: ...)")
+        await self._closed.wait()
+        if self.error is not None:
+            raise self.error
 
     def _finish(self) -> list[HybridConnection]:
         """End iteration; returns the connections nobody took, for the caller to close."""
@@ -396,6 +437,8 @@ class HybridConnectionListener:
                     self._closing = True
                     for connection in self._finish():
                         self._spawn(connection.close(1001, "The listener stopped"))
+                    if self._closed is not None:
+                        self._closed.set()
                     return None
                 _log.warning("event=listener_reconnect_failed hc=%s listener=%s status=404 attempt=%d "
                              "tracking_id=%s message=%r note=hybrid_connection_deleted_or_renamed?",
@@ -417,12 +460,13 @@ class HybridConnectionListener:
 
     async def _serve(self, ws: ClientConnection, token: str | None, expires_at: int) -> BaseException | None:
         """Read control messages until the channel closes; returns what ended it."""
-        renewer = asyncio.create_task(self._renew_loop(ws, token, expires_at))
+        link = ControlLink(ws)
+        renewer = asyncio.create_task(self._renew_loop(link, token, expires_at))
         try:
             while True:
-                text = await self._read_control(ws)
-                if text is not None:
-                    self._on_control(text)
+                message = await self._read_control(ws)
+                if message is not None:
+                    await self._on_control(link, message)
         except _WsClosed as exc:
             return None if exc.rcvd is not None and exc.rcvd.code == 1000 else exc
         except asyncio.CancelledError:
@@ -435,27 +479,17 @@ class HybridConnectionListener:
             renewer.cancel()
 
     async def _read_control(self, ws: ClientConnection) -> str | None:
-        """One control message, streamed so a large or binary one is never held whole."""
-        parts: list[str] = []
-        size = 0
-        is_text = None
-        async for fragment in ws.recv_streaming():
-            if is_text is None:
-                is_text = isinstance(fragment, str)
-            if not is_text:
-                continue  # an HTTP request body; HTTP requests are not handled yet
-            size += len(fragment)
-            if size <= MAX_CONTROL_MESSAGE:
-                parts.append(fragment)  # type: ignore[arg-type]
-        if not is_text:
+        """One control command; binary messages outside a request and oversized ones are skipped."""
+        message = await read_message(ws, MAX_CONTROL_MESSAGE, 0)
+        if isinstance(message, str):
+            return message
+        if isinstance(message, TooLarge) and message.text:
+            _log.warning("event=control_message_too_large listener=%s size=%d", self.listener_id, message.size)
+        else:
             _log.debug("event=control_binary_ignored listener=%s", self.listener_id)
-            return None
-        if size > MAX_CONTROL_MESSAGE:
-            _log.warning("event=control_message_too_large listener=%s size=%d", self.listener_id, size)
-            return None
-        return "".join(parts)
+        return None
 
-    def _on_control(self, text: str) -> None:
+    async def _on_control(self, link: ControlLink, text: str) -> None:
         try:
             message = parse_relay_message(text)
         except ProtocolViolation as err:
@@ -476,9 +510,38 @@ class HybridConnectionListener:
                 work = self._on_accept(message)
             self._accepts += 1
             self._spawn(work).add_done_callback(self._accept_done)
+        elif message.name == "request":
+            await self._on_request(link, message.body)
         else:
-            # HTTP requests are handled elsewhere (not yet); unknown commands are ignored as .NET does.
+            # Unknown commands are ignored, as .NET does.
             _log.debug("event=control_ignored listener=%s command=%s", self.listener_id, message.name)
+
+    async def _on_request(self, link: ControlLink, body: Any) -> None:
+        """A relayed HTTP request: read its inline body here (it follows at once), handle it in a task."""
+        try:
+            request = parse_request(body)
+        except ProtocolViolation as err:
+            _log.warning("event=request_invalid listener=%s message=%r", self.listener_id, err.message)
+            return
+        if request.is_stub:
+            self._spawn(self._http.serve_rendezvous(request))
+            return
+        data = b""
+        problem: tuple[int, str] | None = None
+        follow: str | None = None
+        if request.body:
+            message = await read_message(link.ws, MAX_CONTROL_MESSAGE, MAX_INLINE_BODY)
+            if isinstance(message, str):
+                # .NET calls this a protocol violation; answer the request and still obey the command.
+                _log.warning("event=request_body_missing listener=%s request=%s", self.listener_id, request.id)
+                problem, follow = (400, "The relay sent no body for the request"), message
+            elif isinstance(message, TooLarge):
+                problem = (413, "The request body is too large for the control channel")
+            else:
+                data = message
+        self._spawn(self._http.serve_inline(link, request, data, problem))
+        if follow is not None:
+            await self._on_control(link, follow)
 
     def _accept_done(self, _task: asyncio.Task[Any]) -> None:
         self._accepts -= 1
@@ -489,7 +552,7 @@ class HybridConnectionListener:
         # Renew token_renew_margin before expiry; a token shorter than twice the margin at half-life.
         return max(0.0, remaining - self.token_renew_margin, remaining / 2)
 
-    async def _renew_loop(self, ws: ClientConnection, current: str | None, expires_at: int) -> None:
+    async def _renew_loop(self, link: ControlLink, current: str | None, expires_at: int) -> None:
         if self.token_provider is None or current is None or expires_at <= 0:
             return
         while True:
@@ -508,7 +571,7 @@ class HybridConnectionListener:
                           self.entity, self.listener_id, expires_at)
                 return
             try:
-                await ws.send(renew_token_message(token))
+                await link.send(renew_token_message(token))
             except _WsClosed:
                 return
             _log.info("event=token_renewed hc=%s listener=%s expires_at=%d",
@@ -583,6 +646,11 @@ class HybridConnectionListener:
         return HybridConnection(ws, role="listener", id=request.id, path_suffix=request.path_suffix,
                                 query=request.query, headers=request.headers,
                                 remote_endpoint=request.remote_endpoint)
+
+    async def _open_request_rendezvous(self, address: str) -> ClientConnection:
+        """A request rendezvous (spec §4.5, §4.7): the address as given, no token, no compression."""
+        return await connect(address, compression=None, max_size=(None, MAX_FRAGMENT_SIZE),
+                             open_timeout=RENDEZVOUS_TIMEOUT, user_agent_header=_USER_AGENT)
 
     async def _send_reject(self, address: str, connection_id: str, status: int, description: str) -> None:
         """Reject through the rendezvous address; the relay confirms with 410 Gone (spec §2.5.2)."""

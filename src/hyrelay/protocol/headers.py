@@ -43,7 +43,12 @@ def request_headers(headers: Iterable[tuple[str, str]], *, strip_authorization: 
 
     ``Authorization`` is removed only when the relay evaluated it (*strip_authorization*).
     """
-    drop = AUTH_HEADERS | HOP_BY_HOP
+    headers = list(headers)
+    # Headers named in Connection are hop-by-hop too (RFC 7230 §6.1); once Connection is gone the
+    # listener could not tell, so they are dropped here.
+    named = {token.strip().lower() for name, value in headers if name.lower() == "connection"
+             for token in value.split(",") if token.strip()}
+    drop = AUTH_HEADERS | HOP_BY_HOP | named
     if strip_authorization:
         drop = drop | {"authorization"}
     return _joined(headers, drop)

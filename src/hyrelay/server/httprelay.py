@@ -59,6 +59,7 @@ class HttpRelay:
         exchange: HttpExchange | None = None
         channel: ControlChannel | None = None
         hc_name: str | None = None
+        response: web.StreamResponse | None = None
         sent = 0
         try:
             found = relay.snapshot.find_hc(relay.namespace, decoded)
@@ -156,9 +157,20 @@ class HttpRelay:
                          request.method, raw_path, head.status, sent,
                          (time.monotonic() - started) * 1000, exchange.id)
             return response
+        except ConnectionResetError:
+            # The HTTP client hung up mid-response: ordinary, not an error of ours.
+            _access.info("event=http_client_gone method=%s path=%s bytes_out=%s", request.method, raw_path, sent)
+            if response is not None:
+                return response  # aiohttp finishes it quietly on the closed connection
+            raise asyncio.CancelledError from None  # aiohttp's quiet path for a premature disconnect
         except RelayError as err:
-            if exchange is not None and exchange.head.done() and not exchange.head.exception():
-                raise  # headers already sent: cut the connection, the client sees a truncated body
+            if response is not None and response.prepared:
+                # Headers are out: cut the connection so the client sees a truncated body, not a short one.
+                _access.warning("event=http_response_cut method=%s path=%s bytes_out=%s tracking_id=%s "
+                                "reason=%r", request.method, raw_path, sent, err.tracking_id, err.message)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
             _access.info("event=http_request method=%s path=%s status=%s tracking_id=%s reason=%r",
                          request.method, raw_path, err.status, err.tracking_id, err.message)
             if hc_name is not None:  # never count unknown names: they are attacker-chosen
@@ -197,14 +209,23 @@ class HttpRelay:
             return
         except RelayError:
             return
-        has_body = request.body_exists
-        if not rendezvous.send_text(request_message(_with_body(full, has_body))):
+        # A chunked body may turn out empty: look before promising one (body:true must be followed
+        # by a non-empty message for the Node listeners, spec §11.5).
+        try:
+            head_chunk = await request.content.read(CHUNK) if request.body_exists else b""
+        except Exception as exc:  # the sender hung up before its body: release the listener
+            self._sender_gone(rendezvous, exchange, f"before its request body arrived ({type(exc).__name__})")
             return
-        if not has_body:
+        if not head_chunk and (request.content_length or 0) > 0:
+            self._sender_gone(rendezvous, exchange, "before its request body arrived")
+            return
+        if not rendezvous.send_text(request_message(_with_body(full, bool(head_chunk)))):
+            return
+        if not head_chunk:
             return
         total, first = 0, True
         try:
-            async for chunk in request.content.iter_chunked(CHUNK):
+            async for chunk in _prepend(head_chunk, request.content.iter_chunked(CHUNK)):
                 total += len(chunk)
                 if limit is not None and total > limit:
                     err: RelayError = RequestTooLarge(f"The request body is larger than {limit} bytes")
@@ -216,16 +237,18 @@ class HttpRelay:
                     return
                 first = False
         except Exception as exc:  # the sender hung up or sent a broken body: release the listener
-            err = BadRequest(f"The sender stopped before its whole request body arrived ({type(exc).__name__})")
-            rendezvous.close(1001, err.close_reason())
-            exchange.fail(err)
+            self._sender_gone(rendezvous, exchange, f"before its whole request body arrived ({type(exc).__name__})")
             return
         if request.content_length is not None and total < request.content_length:
-            err = BadRequest(f"The sender sent {total} of {request.content_length} body bytes")
-            rendezvous.close(1001, err.close_reason())
-            exchange.fail(err)
+            self._sender_gone(rendezvous, exchange, f"after {total} of {request.content_length} body bytes")
             return
         rendezvous.send_binary(b"", first=first, fin=True)
+
+    @staticmethod
+    def _sender_gone(rendezvous: RequestRendezvous, exchange: HttpExchange, when: str) -> None:
+        err = BadRequest(f"The sender stopped {when}")
+        rendezvous.close(1001, err.close_reason())
+        exchange.fail(err)
 
     def on_rendezvous(self, up, exchange: HttpExchange) -> None:
         """The listener opened a request's rendezvous (to fetch a request or to answer one)."""
@@ -252,6 +275,12 @@ def fan_out(listeners: list[ControlChannel], raw_path: str, target: str, method:
                 channel.send_binary(body, first=True, fin=True)
             reached += 1
     return reached
+
+
+async def _prepend(first: bytes, rest):
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _with_body(request: HttpRequest, body: bool) -> HttpRequest:
