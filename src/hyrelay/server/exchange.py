@@ -29,7 +29,7 @@ class HttpExchange:
     """The relay's half of one HTTP request: its response head, then its body chunks."""
 
     __slots__ = ("id", "hc_name", "secret", "head", "rendezvous", "_chunks", "_buffered", "_paused",
-                 "discard", "finished", "_ended")
+                 "discard", "finished", "_ended", "bytes_in")
 
     def __init__(self, request_id: str, hc_name: str, secret: str) -> None:
         loop = asyncio.get_running_loop()
@@ -45,6 +45,8 @@ class HttpExchange:
         self.discard = False
         self.finished = False
         self._ended = False
+        #: Request body bytes delivered to the listener (BytesTransferred).
+        self.bytes_in = 0
 
     # -- engine side (sync callbacks) -----------------------------------------------------------
     def deliver(self, head: ResponseHead) -> None:

@@ -122,6 +122,7 @@ class HttpRelay:
                     raise BadGateway("The listener disconnected before the request could be delivered")
                 if body:
                     channel.send_binary(body, first=True, fin=True)  # right after its request: never interleaved
+                    exchange.bytes_in = len(body)
             else:
                 if not channel.send_text(request_message(HttpRequest(address, request_id))):
                     raise BadGateway("The listener disconnected before the request could be delivered")
@@ -152,7 +153,8 @@ class HttpRelay:
                         await response.write(chunk)
                         sent += len(chunk)
             await response.write_eof()
-            relay.observer.http_request(hc.name, request.method, head.status, time.monotonic() - started, sent)
+            relay.observer.http_request(hc.name, request.method, head.status, time.monotonic() - started,
+                                        sent + exchange.bytes_in)
             _access.info("event=http_request method=%s path=%s status=%s bytes_out=%s ms=%.1f request=%s",
                          request.method, raw_path, head.status, sent,
                          (time.monotonic() - started) * 1000, exchange.id)
@@ -235,6 +237,7 @@ class HttpRelay:
                 await rendezvous.drained()
                 if not rendezvous.send_binary(chunk, first=first, fin=False):
                     return
+                exchange.bytes_in = total
                 first = False
         except Exception as exc:  # the sender hung up or sent a broken body: release the listener
             self._sender_gone(rendezvous, exchange, f"before its whole request body arrived ({type(exc).__name__})")

@@ -113,7 +113,10 @@ class Observer:
         stats.http_requests[status] = stats.http_requests.get(status, 0) + 1
         stats.bytes_transferred += nbytes
         for callback in self._http_observers:
-            callback(hc, method, status, seconds)
+            try:
+                callback(hc, method, status, seconds)
+            except Exception:  # an observer must never break the request it observes
+                _log.exception("event=observer_failed type=http_request")
         self.emit("http_request", hc, method=method, status=status, ms=round(seconds * 1000, 2), bytes=nbytes)
 
     def store_changed(self, what: str, hc: str = "", **data: Any) -> None:
