@@ -270,8 +270,21 @@ async def test_client_that_stops_half_way_through_its_body(relay, http):
     relay.create_hc("halfway", requires_client_authorization=False)
     async with RawHttpListener(relay, "halfway", ok) as listener:
         await asyncio.to_thread(_slow_upload, relay.port, "halfway")
-        while not listener.broken:  # the relay cut the listener's rendezvous instead of leaving it hanging
-            await asyncio.sleep(0.05)
+
+        async def settled() -> None:
+            # Whether or not the request got as far as the listener (that depends on how fast the
+            # sender hung up), nothing may stay pending on either side.
+            while relay.relay.router.pending_count or listener._tasks or listener.control is None:
+                await asyncio.sleep(0.05)
+
+        async def answered() -> None:  # the relay finished with it (if aiohttp handed it over at all)
+            while not relay.relay.observer.hc("halfway").http_requests:
+                await asyncio.sleep(0.05)
+
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(answered(), 5)
+        await asyncio.wait_for(settled(), 15)
+        assert listener.requests == [], "a truncated upload was delivered as a complete request"
         async with http.post(f"{relay.http}/halfway", data=b"q" * 100) as r:  # business as usual
             assert r.status == 200 and await r.read() == b"ok:" + b"q" * 100
 

@@ -147,6 +147,29 @@ def test_rule_crud(store, ns):
         store.create_rule(ns, "nohc", "r", ["Send"])
 
 
+
+
+def test_out_of_range_hc_settings_are_invalid(store, ns):
+    for settings in ({"request_timeout": -1}, {"max_listeners": 0}, {"max_listeners": 10_001}):
+        with pytest.raises(InvalidName):
+            store.create_hc(ns, "hc", **settings)
+    store.create_hc(ns, "hc", request_timeout=0, max_listeners=1)
+    with pytest.raises(InvalidName, match="request timeout"):
+        store.update_hc(ns, "hc", request_timeout=-0.5)
+
+def test_update_rule_keeps_keys(store, ns):
+    store.create_hc(ns, "hyco")
+    r = store.create_rule(ns, "hyco", "r", ["Send"])
+    updated = store.update_rule(ns, "HYCO", "r", ["listen", "Send"])
+    assert updated.rights == ("Listen", "Send")
+    assert (updated.primary_key, updated.secondary_key) == (r.primary_key, r.secondary_key)
+    assert store.get_rule(ns, "hyco", "r") == updated
+    with pytest.raises(InvalidRights):
+        store.update_rule(ns, "hyco", "r", [])
+    with pytest.raises(NotFound):
+        store.update_rule(ns, None, "r", ["Send"])
+
+
 def test_cascade_deletes(store, ns):
     store.create_hc(ns, "a")
     store.create_rule(ns, "a", "r", ["Listen"])

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..protocol.errors import RelayError
+from . import admin, observability
 from .dispatch import utc_timestamp
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ async def health(request: web.Request) -> web.Response:
 async def relay_http(request: web.Request) -> web.StreamResponse:
     """Every other path: a relayed HTTP request."""
     relay: Relay = request.app[RELAY_KEY]  # type: ignore[assignment]
+    if (own := admin.intercept(request, relay)) is not None:  # unrouted /$admin paths, runtime GET (§6.2)
+        return own
     return await relay.http.handle(request, error_json)
 
 
@@ -44,6 +47,8 @@ def make_app(relay: "Relay") -> web.Application:
     app = web.Application()
     app[RELAY_KEY] = relay
     app.router.add_get("/$health", health)
+    admin.setup(app, relay)
+    observability.setup(app, relay)
     # Service endpoints under /$... go here, before the catch-all route that relays everything else.
     app.router.add_route("*", "/{tail:.*}", relay_http)
     return app

@@ -131,6 +131,11 @@ class Relay:
         """Check a sender's token for Send on *target* (the HC name plus any suffix)."""
         self._authorize(token, hc, target, Rights.SEND)
 
+    def authorize_read(self, token: str | None, hc: HybridConnection) -> SasToken:
+        """Check a token for reading *hc*'s description (spec §6.2): any of Listen, Send or Manage."""
+        # Rights.NONE asks for no particular right; every rule holds at least one, so any rule will do.
+        return self._authorize(token, hc, path_segments(hc.name), Rights.NONE)
+
     def _authorize(self, token: str | None, hc: HybridConnection, target: tuple[str, ...],
                    needed: Rights) -> SasToken:
         return authorize(token, target=target, lookup=self._lookup(hc), needed=needed, now=time.time(),

@@ -76,6 +76,10 @@ class Store(Protocol):
         secondary_key: str | None = None,
     ) -> Rule: ...
 
+    def update_rule(self, namespace: str, entity: str | None, name: str, rights: Iterable[str]) -> Rule:
+        """Replace a rule's rights; its keys stay, so tokens it signed keep working."""
+        ...
+
     def delete_rule(self, namespace: str, entity: str | None, name: str) -> None: ...
 
     def regenerate_key(

@@ -14,7 +14,7 @@ from typing import Literal
 
 from .model import (
     DEFAULT_NAMESPACE, MAX_HCS, MAX_RULES, RIGHTS, ROOT_RULE, AlreadyExists, HybridConnection,
-    LimitExceeded, Namespace, NotFound, Rule, StoreError, generate_key, normalize_rights,
+    InvalidName, LimitExceeded, Namespace, NotFound, Rule, StoreError, generate_key, normalize_rights,
     validate_hc_name, validate_key, validate_namespace_name, validate_rule_name,
 )
 from .snapshot import Snapshot
@@ -407,6 +407,20 @@ class SqliteStore:
             return self._insert_rule(
                 cur, namespace, entity, name, rights, primary_key, secondary_key
             )
+
+    def update_rule(
+        self, namespace: str, entity: str | None, name: str, rights: Iterable[str]
+    ) -> Rule:
+        """Replace a rule's rights; its keys stay, so tokens it signed keep working."""
+        rights_t = normalize_rights(rights)
+        with self._write() as cur:
+            rule = self._get_rule(cur, namespace, entity, name)
+            cond, args = _where_entity(rule.entity)
+            cur.execute(
+                f"UPDATE rules SET rights = ? WHERE namespace = ? AND {cond} AND name = ?",
+                (",".join(rights_t), rule.namespace, *args, rule.name),
+            )
+        return replace(rule, rights=rights_t)
 
     def delete_rule(self, namespace: str, entity: str | None, name: str) -> None:
         with self._write() as cur:
