@@ -40,19 +40,24 @@ class ListenerMessage:
     body: Any
 
 
+def _command(text: str) -> tuple[str, Any]:
+    """The (name, body) of a control-channel command: a JSON object with one top-level key."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):  # deep nesting is as malformed as a syntax error
+        raise ProtocolViolation("Control channel message is not valid JSON") from None
+    if not isinstance(doc, dict) or not doc:
+        raise ProtocolViolation("Control channel message must be a JSON object with one command")
+    return next(iter(doc.items()))
+
+
 def parse_listener_message(text: str) -> RenewToken | ListenerMessage:
     """Decode a text message a listener sent on its control channel.
 
     Raises:
         ProtocolViolation: not a JSON object, or a malformed ``renewToken``.
     """
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ProtocolViolation("Control channel message is not valid JSON") from None
-    if not isinstance(doc, dict) or not doc:
-        raise ProtocolViolation("Control channel message must be a JSON object with one command")
-    name, body = next(iter(doc.items()))
+    name, body = _command(text)
     if name == "renewToken":
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
@@ -89,13 +94,7 @@ def parse_relay_message(text: str) -> Accept | RelayCommand:
     Raises:
         ProtocolViolation: not a JSON object, or a malformed ``accept``.
     """
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ProtocolViolation("Control channel message is not valid JSON") from None
-    if not isinstance(doc, dict) or not doc:
-        raise ProtocolViolation("Control channel message must be a JSON object with one command")
-    name, body = next(iter(doc.items()))
+    name, body = _command(text)
     if name != "accept":
         return RelayCommand(name, body)
     if not isinstance(body, dict) or not isinstance(body.get("address"), str) or not body["address"]:
