@@ -76,3 +76,13 @@ async def relay(tmp_path: Path, relay_config: dict) -> AsyncIterator[RelayHandle
         yield RelayHandle(server)
     finally:
         await server.stop()
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """Run every test on uvloop, the loop the relay runs on in production.
+
+    It matters: uvloop keeps unsent write buffers by reference where asyncio copies them.
+    """
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}

@@ -488,3 +488,28 @@ async def test_health_endpoint(relay):
     import urllib.request
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"{relay.http}/$health", timeout=10).read())
     assert json.loads(body)["status"] == "ok"
+
+
+async def test_large_frames_arrive_intact_when_the_receiver_lags(relay):
+    """Frames over picows' copy limit must not be sent later from a reused read buffer."""
+    import hashlib
+    # The hazard is uvloop's: it keeps unsent buffers by reference (conftest runs tests on it).
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    relay.create_hc("intact")
+    control, sender, rendezvous = await _connected_pair(relay, "intact", ping_interval=None)
+    payloads = [hashlib.sha256(bytes([i])).digest() * (40000 + i * 997) for i in range(40)]
+
+    async def push() -> None:
+        for payload in payloads:
+            await sender.send(payload)
+
+    rendezvous.transport.pause_reading()  # fill the relay's outgoing socket so tails wait in uvloop
+    task = asyncio.create_task(push())
+    await asyncio.sleep(0.3)
+    rendezvous.transport.resume_reading()
+    received = [await asyncio.wait_for(rendezvous.recv(), 30) for _ in payloads]
+    await task
+    bad = [i for i, (got, want) in enumerate(zip(received, payloads)) if got != want]
+    assert not bad, f"{len(bad)} of {len(payloads)} messages arrived corrupted"
+    await sender.close()
+    await control.close()

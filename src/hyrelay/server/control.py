@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..protocol.errors import BadGateway, ProtocolViolation, RelayError, close_reason
 from ..protocol.messages import MAX_CONTROL_MESSAGE, ListenerMessage, RenewToken, parse_listener_message
-from .engine import WSFrame, WSListener, WSMsgType, WSTransport, send_close
+from .engine import WSFrame, WSListener, WSMsgType, WSTransport, send_close, send_frame
 from .exchange import HttpExchange, ResponseRouter
 
 if TYPE_CHECKING:
@@ -92,14 +92,14 @@ class ListenerSocket(WSListener):
         """Send one command; False if the socket is already gone."""
         if self.closed or self.transport is None or self.transport.is_disconnected:
             return False
-        self.transport.send(WSMsgType.TEXT, text.encode())
+        send_frame(self.transport, WSMsgType.TEXT, text.encode())
         return True
 
     def send_binary(self, data: bytes, *, first: bool, fin: bool) -> bool:
         """Send one fragment of a binary message."""
         if self.closed or self.transport is None or self.transport.is_disconnected:
             return False
-        self.transport.send(WSMsgType.BINARY if first else WSMsgType.CONTINUATION, data, fin)
+        send_frame(self.transport, WSMsgType.BINARY if first else WSMsgType.CONTINUATION, data, fin)
         return True
 
     def close(self, code: int, reason: str) -> None:

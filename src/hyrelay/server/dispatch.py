@@ -77,9 +77,14 @@ class Upgrade:
         transport = self._dispatch.transport
         if transport.is_closing():
             return False
-        engine.adopt(transport, self._dispatch.buf, listener, headers,
+        dispatch = self._dispatch
+        engine.adopt(transport, dispatch.buf, listener, headers,
                      max_frame_size=max_frame_size, ping_interval=ping_interval)
-        self._dispatch.buf = b""
+        # uvloop's transport keeps the first protocol alive after set_protocol(); let go of the
+        # handshake (headers with the token, the parsed target) so an idle connection holds none of it.
+        dispatch.buf = b""
+        dispatch.upgrade = None
+        self.on_lost = None
         return True
 
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from ..protocol.errors import close_reason
-from .engine import WSFrame, WSListener, WSMsgType, WSTransport, send_close
+from .engine import WSFrame, WSListener, WSMsgType, WSTransport, send_close, send_frame
 
 __all__ = ["PumpEnd", "pair"]
 
@@ -49,7 +49,8 @@ class PumpEnd(WSListener):
         if msg_type in _DATA:
             self.nbytes += frame.payload_size
             if peer is not None and not peer.gone:
-                peer.transport.send(msg_type, frame.get_payload_as_memoryview(), frame.fin)  # type: ignore[union-attr]
+                # The view points into picows' read buffer; send_frame copies what must outlive it.
+                send_frame(peer.transport, msg_type, frame.get_payload_as_memoryview(), frame.fin)  # type: ignore[arg-type]
         elif msg_type is WSMsgType.CLOSE:
             self._on_close(frame)
 
