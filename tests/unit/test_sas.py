@@ -743,3 +743,37 @@ _cs_value = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, 
 def test_property_connection_string_round_trip(endpoint, key_name, key, entity):
     cs = ConnectionString(endpoint, key_name, key, entity)
     assert parse_connection_string(str(cs)) == cs
+
+
+def test_verified_tokens_remember_signatures_but_check_everything_else():
+    from hyrelay.protocol.errors import Forbidden, Unauthorized
+    from hyrelay.protocol.rights import Rights
+    from hyrelay.protocol.sas import RuleKeys, VerifiedTokens, build_token
+
+    calls = []
+    keys = RuleKeys("r", "k1", "k2", Rights.SEND)
+
+    def lookup(name):
+        calls.append(name)
+        return keys if name == "r" else None
+
+    cache = VerifiedTokens(limit=2)
+    token = build_token("http://h/a", "r", "k1", 1000)
+    args = dict(scope="a", lookup=lookup, now=500.0, skew=0.0)
+    cache.authorize(token, target=("a",), needed=Rights.SEND, **args)
+    cache.authorize(token, target=("a", "b"), needed=Rights.SEND, **args)
+    assert calls == ["r"], "the second use of the token checked its signature again"
+    with pytest.raises(Forbidden):
+        cache.authorize(token, target=("other",), needed=Rights.SEND, **args)
+    with pytest.raises(Forbidden):
+        cache.authorize(token, target=("a",), needed=Rights.LISTEN, **args)
+    with pytest.raises(Unauthorized):
+        cache.authorize(token, target=("a",), needed=Rights.SEND, **{**args, "now": 2000.0})
+    forged = build_token("http://h/a", "r", "wrong", 1000)
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            cache.authorize(forged, target=("a",), needed=Rights.SEND, **args)
+    assert calls == ["r", "r", "r"], "a forged token must be checked (and refused) every time"
+    cache.clear()
+    cache.authorize(token, target=("a",), needed=Rights.SEND, **args)
+    assert calls == ["r", "r", "r", "r"]

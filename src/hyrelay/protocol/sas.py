@@ -18,7 +18,8 @@ from .rights import Rights
 
 __all__ = [
     "SasToken", "RuleKeys", "parse_token", "sign", "build_token", "token_audience",
-    "audience_segments", "covers", "authorize", "ConnectionString", "parse_connection_string",
+    "audience_segments", "covers", "authorize", "VerifiedTokens", "ConnectionString",
+    "parse_connection_string",
 ]
 
 _PREFIX = "sharedaccesssignature "
@@ -144,6 +145,13 @@ def authorize(
         Unauthorized: no token, malformed, unknown key name, bad signature, expired (401).
         Forbidden: valid token that does not cover the target or lacks the right (403).
     """
+    token, audience, keys = _verify(token_text, lookup, entity)
+    return _check(token, audience, keys, target=target, needed=needed, now=now, skew=skew, entity=entity)
+
+
+def _verify(token_text: str | None, lookup: Callable[[str], RuleKeys | None],
+            entity: str) -> tuple[SasToken, tuple[str, ...], RuleKeys]:
+    """Parse a token and check its signature: the costly, time-independent part."""
     if not token_text:
         raise Unauthorized(f"Unauthorized access to '{entity}': no token was provided "
                            "(ServiceBusAuthorization header or sb-hc-token query parameter)")
@@ -151,13 +159,47 @@ def authorize(
     keys = lookup(token.key_name)
     if keys is None or not _signature_matches(token, keys):
         raise Unauthorized("The token has an invalid signature")
+    return token, audience_segments(token.sr), keys
+
+
+def _check(token: SasToken, audience: tuple[str, ...], keys: RuleKeys, *, target: tuple[str, ...],
+           needed: Rights, now: float, skew: float, entity: str) -> SasToken:
+    """Expiry, audience and rights of a token whose signature is good."""
     if now > token.expires_at + skew:
         raise Unauthorized(f"The token has expired (se={token.expires_at})")
-    if not covers(audience_segments(token.sr), target):
+    if not covers(audience, target):
         raise Forbidden(f"The token's audience '{unquote(token.sr)}' does not cover '{entity}'")
     if not keys.rights.grants(needed):
         raise Forbidden(f"The token's rule '{keys.name}' does not grant {needed.names()[0]} on '{entity}'")
     return token
+
+
+class VerifiedTokens:
+    """Tokens whose signature already checked out, per scope (the entity whose rules signed it).
+
+    Clients reuse one token for its whole life (an hour, typically), so a reconnecting sender
+    costs no HMAC. Clear it whenever rules or keys may have changed.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._limit = limit
+        self._cache: dict[tuple[str, str], tuple[SasToken, tuple[str, ...], RuleKeys]] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def authorize(self, token_text: str | None, *, scope: str, target: tuple[str, ...],
+                  lookup: Callable[[str], RuleKeys | None], needed: Rights, now: float,
+                  skew: float = 300.0, entity: str = "") -> SasToken:
+        """:func:`authorize`, with the signature check remembered for *token_text* in *scope*."""
+        key = (token_text or "", scope)
+        verified = self._cache.get(key)
+        if verified is None:
+            verified = _verify(token_text, lookup, entity)
+            if len(self._cache) >= self._limit:
+                self._cache.clear()  # crude, but bounded: an attacker's tokens cannot pile up
+            self._cache[key] = verified
+        return _check(*verified, target=target, needed=needed, now=now, skew=skew, entity=entity)
 
 
 @dataclass(frozen=True, slots=True)

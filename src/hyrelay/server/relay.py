@@ -19,7 +19,7 @@ from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, Forbidd
 from ..protocol.headers import connect_headers
 from ..protocol.messages import accept_message
 from ..protocol.rights import Rights
-from ..protocol.sas import RuleKeys, SasToken, authorize
+from ..protocol.sas import RuleKeys, SasToken, VerifiedTokens
 from ..store import HybridConnection, Snapshot, Store
 from .config import RelayConfig
 from .control import ControlChannel
@@ -68,6 +68,7 @@ class Relay:
         self.snapshot: Snapshot = store.snapshot()
         self.router: Router[ControlChannel, Pending | HttpExchange] = Router()
         self.counters = Counters()
+        self.tokens = VerifiedTokens()
         self.observer = Observer()
         self.http = HttpRelay(self)
 
@@ -116,8 +117,9 @@ class Relay:
         Raises:
             Unauthorized, Forbidden: as for any other token (401/403).
         """
-        return authorize(token, target=target, lookup=self._lookup(None), needed=Rights.MANAGE,
-                         now=time.time(), skew=self.config.clock_skew, entity="$admin")
+        return self.tokens.authorize(token, scope="", target=target, lookup=self._lookup(None),
+                                     needed=Rights.MANAGE, now=time.time(), skew=self.config.clock_skew,
+                                     entity="$admin")
 
     def _lookup(self, hc: HybridConnection | None):
         def lookup(key_name: str) -> RuleKeys | None:
@@ -138,8 +140,9 @@ class Relay:
 
     def _authorize(self, token: str | None, hc: HybridConnection, target: tuple[str, ...],
                    needed: Rights) -> SasToken:
-        return authorize(token, target=target, lookup=self._lookup(hc), needed=needed, now=time.time(),
-                         skew=self.config.clock_skew, entity=hc.name)
+        return self.tokens.authorize(token, scope=hc.name.lower(), target=target, lookup=self._lookup(hc),
+                                     needed=needed, now=time.time(), skew=self.config.clock_skew,
+                                     entity=hc.name)
 
     @staticmethod
     def _token(up: Upgrade) -> str | None:
@@ -355,6 +358,7 @@ class Relay:
         if self.store.version() == self.snapshot.version:
             return
         old, self.snapshot = self.snapshot, self.store.snapshot()
+        self.tokens.clear()  # a key may have been regenerated or a rule removed
         self._announce_changes(old, self.snapshot)
         for key in set(self.router.hc_keys()) | set(self.counters.active):
             name = key.split("/", 1)[1]
