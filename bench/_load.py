@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import uuid
@@ -58,6 +59,13 @@ def proc_rss(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def system_busy() -> tuple[float, float]:
+    """CPU seconds all CPUs spent (user+nice+system+steal, irq+softirq) since boot."""
+    with open("/proc/stat", "rb") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (v[0] + v[1] + v[2] + v[7]) / CLK_TCK, (v[5] + v[6]) / CLK_TCK
+
+
 def self_cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -70,11 +78,17 @@ class Window:
         self.pid = server_pid
 
     def start(self) -> None:
-        self.t0, self.s0, self.c0 = time.perf_counter(), proc_cpu(self.pid), self_cpu()
+        self.t0, self.s0, self.c0, self.b0 = time.perf_counter(), proc_cpu(self.pid), self_cpu(), system_busy()
 
     def stop(self) -> dict:
         dt = time.perf_counter() - self.t0
-        return {"secs": dt, "server_cpu": proc_cpu(self.pid) - self.s0, "client_cpu": self_cpu() - self.c0}
+        server, client = proc_cpu(self.pid) - self.s0, self_cpu() - self.c0
+        busy, irq = system_busy()
+        # Other processes (and steal) kept the CPUs busy this long: a noise indicator. Interrupt
+        # time (loopback TCP runs in softirq) is not charged to any process, so it is kept apart.
+        other = max(0.0, busy - self.b0[0] - server - client)
+        return {"secs": dt, "server_cpu": server, "client_cpu": client, "other_cpu": other,
+                "irq_cpu": irq - self.b0[1]}
 
 
 def token_for(spec: dict, name: str) -> str:
@@ -95,8 +109,11 @@ def upgrade_request(port: int, target: str, extra: dict[str, str] | None = None)
 
 # -- throughput -----------------------------------------------------------------------------
 class Sender(WSListener):
-    def __init__(self, payload: bytes, window: int, ack_every: int) -> None:
-        self.payload = payload
+    def __init__(self, payload: bytes | list[bytes], window: int, ack_every: int) -> None:
+        #: One payload, or (verify mode) a list sent round-robin so the receiver can check content.
+        self.payloads = payload if isinstance(payload, list) else None
+        self.sent = 0
+        self.payload = payload[0] if isinstance(payload, list) else payload
         self.window = window
         self.ack_every = ack_every
         self.acked = 0
@@ -111,26 +128,39 @@ class Sender(WSListener):
     def resume_writing(self) -> None:
         pass
 
+    def _send_n(self, n: int) -> None:
+        send = self.t.send  # type: ignore[union-attr]
+        if self.payloads is None:
+            payload = self.payload
+            for _ in range(n):
+                send(WSMsgType.BINARY, payload)
+        else:
+            payloads, k = self.payloads, len(self.payloads)
+            for _ in range(n):
+                send(WSMsgType.BINARY, payloads[self.sent % k])
+                self.sent += 1
+
     def start(self) -> None:
-        send, payload = self.t.send, self.payload  # type: ignore[union-attr]
-        for _ in range(self.window):
-            send(WSMsgType.BINARY, payload)
+        self._send_n(self.window)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type is WSMsgType.BINARY:
             self.acked += self.ack_every
-            send, payload = transport.send, self.payload
-            for _ in range(self.ack_every):
-                send(WSMsgType.BINARY, payload)
+            self._send_n(self.ack_every)
         elif frame.msg_type is WSMsgType.CLOSE:
             transport.disconnect()
 
 
 class Receiver(WSListener):
-    def __init__(self, ack_every: int) -> None:
+    def __init__(self, ack_every: int, expect: list[bytes] | None = None) -> None:
         self.ack_every = ack_every
         self.n = 0
         self.t: WSTransport | None = None
+        #: Verify mode: the payloads in the order they were sent, and how many arrived different.
+        self.expect = expect
+        self.corrupt = 0
+        self.first_corrupt: str | None = None
+        self.error: str | None = None
 
     def pause_writing(self) -> None:
         pass
@@ -144,6 +174,15 @@ class Receiver(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
         if msg_type is WSMsgType.BINARY or msg_type is WSMsgType.CONTINUATION:
+            if self.expect is not None:
+                want = self.expect[self.n % len(self.expect)]
+                got = frame.get_payload_as_bytes()
+                if got != want:
+                    self.corrupt += 1
+                    if self.first_corrupt is None:
+                        at = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]), None)
+                        self.first_corrupt = (f"message {self.n}: {len(got)} bytes (want {len(want)}), "
+                                              f"first difference at byte {at}")
             if frame.fin:
                 self.n += 1
                 if self.n % self.ack_every == 0:
@@ -177,7 +216,7 @@ async def connect_pair(spec: dict, sender_factory, receiver_factory):  # type: i
     if target == "direct":
         _, snd = await ws_connect(sender_factory, f"{base}/sink/{spec['ack_every']}")
         return snd, None, []
-    if target == "pump":
+    if target in ("pump", "dpump"):
         cid = uuid.uuid4().hex
         (_, snd), (_, rcv) = await asyncio.gather(ws_connect(sender_factory, f"{base}/a/{cid}"),
                                                   ws_connect(receiver_factory, f"{base}/b/{cid}"))
@@ -203,20 +242,46 @@ async def connect_pair(spec: dict, sender_factory, receiver_factory):  # type: i
     return snd, rcv, [ctl_t]
 
 
+def dump_state(snd, rcv) -> None:  # type: ignore[no-untyped-def]
+    """Diagnostic: the client side's view of a stalled stream."""
+    def tstate(t):  # type: ignore[no-untyped-def]
+        u = t.underlying_transport
+        return {"write_buffer": u.get_write_buffer_size(), "reading": getattr(u, "is_reading", lambda: None)(),
+                "closing": u.is_closing(), "disconnected": t.is_disconnected}
+    sys.stderr.write("STALL client " + json.dumps({
+        "sender": {"acked": snd.acked, **tstate(snd.t)},
+        "receiver": ({"received": rcv.n, **tstate(rcv.t)} if rcv else None)}) + "\n")
+
+
 async def tput(spec: dict) -> dict:
     size, window, ack_every = spec["size"], spec["window"], spec["ack_every"]
-    payload = os.urandom(size)
-    snd, rcv, extras = await connect_pair(spec, lambda: Sender(payload, window, ack_every),
-                                          lambda: Receiver(ack_every))
+    verify = bool(spec.get("verify"))
+    payload: bytes | list[bytes] = [os.urandom(size) for _ in range(7)] if verify else os.urandom(size)
+    snd, rcv, extras = await connect_pair(
+        spec, lambda: Sender(payload, window, ack_every),
+        lambda: Receiver(ack_every, payload if verify else None))  # type: ignore[arg-type]
     snd.start()
     await asyncio.sleep(spec["warm"])
     win = Window(spec["server_pid"])
     a0 = snd.acked
     win.start()
-    await asyncio.sleep(spec["secs"])
+    # Sample progress every 50 ms: the longest gap with no ack shows a stall inside the window.
+    end = time.perf_counter() + spec["secs"]
+    last, last_t, longest = snd.acked, time.perf_counter(), 0.0
+    while (now := time.perf_counter()) < end:
+        await asyncio.sleep(min(0.05, end - now))
+        now = time.perf_counter()
+        if snd.acked != last:
+            last, last_t = snd.acked, now
+        longest = max(longest, now - last_t)
     res = win.stop()
     msgs = snd.acked - a0
-    res.update(msgs=msgs, bytes=msgs * size)
+    res.update(msgs=msgs, bytes=msgs * size, longest_gap=longest)
+    if verify and rcv is not None:
+        res.update(received=rcv.n, corrupt=rcv.corrupt, first_corrupt=rcv.first_corrupt,
+                   receiver_disconnected=rcv.t.is_disconnected)
+    if longest > 0.2 and spec.get("debug"):
+        dump_state(snd, rcv)
     for t in [snd.t] + ([rcv.t] if rcv else []) + extras:
         t.disconnect()
     await asyncio.sleep(0.05)
@@ -281,9 +346,10 @@ async def hs(spec: dict) -> dict:
     port, target = spec["port"], spec["target"]
     ctl_ts = []
     if target == "relay":
-        name = "bench"
+        name = spec.get("hc", "bench")
         auth = {"ServiceBusAuthorization": token_for(spec, name)}
-        req_connect = upgrade_request(port, f"/$hc/{name}?sb-hc-action=connect", auth)
+        req_connect = upgrade_request(port, f"/$hc/{name}?sb-hc-action=connect",
+                                      None if spec.get("no_sender_token") else auth)
 
         def on_accept(address: str) -> None:
             parts = urlsplit(address)
@@ -398,11 +464,17 @@ async def idle(spec: dict) -> dict:
     await asyncio.gather(*(open_one(r) for r in reqs[:20]))
     await asyncio.sleep(0.5)
     rss0 = proc_rss(pid)
+    if spec.get("poke"):  # diagnostic: the server snapshots its allocations on SIGUSR1
+        os.kill(pid, signal.SIGUSR1)
+        await asyncio.sleep(1.0)
     t0 = time.perf_counter()
     await asyncio.gather(*(open_one(r) for r in reqs[20:20 + count]))
     open_secs = time.perf_counter() - t0
     await asyncio.sleep(spec.get("hold", 1.5))
     rss1 = proc_rss(pid)
+    if spec.get("poke"):
+        os.kill(pid, signal.SIGUSR1)
+        await asyncio.sleep(3.0)
     alive = sum(1 for t in held if not t.is_closing())
     for t in held:
         t.abort()

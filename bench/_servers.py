@@ -11,7 +11,10 @@ key) once it listens, then serves until SIGTERM/SIGINT.
 * pump:   the bare frame pump: ``/a/<id>`` and ``/b/<id>`` are paired and frames go across with
           FIN bits kept and pause/resume back-pressure. Same library and settings as hyrelay's
           engine (picows, uvloop transports, read_buffer_init_size=2048, 16 MiB frames); no
-          auth, no control channel, no head parsing of our own.
+          auth, no control channel, no head parsing of our own. Payloads over 8 KiB are copied
+          before forwarding (see PumpEnd.on_ws_frame for why).
+* dpump:  diagnostic: the pump behind an asyncio Protocol that reads the head and calls
+          hyrelay's engine.adopt(), i.e. hyrelay's way of taking over a connection.
 * direct: no relay at all: ``/sink/<n>`` swallows messages and sends an 8-byte ack every n
           messages, which is what the receiving client does in the relayed runs.
 """
@@ -37,6 +40,9 @@ READ_BUFFER = 2048
 MAX_FRAME = 16 << 20
 DATA = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION)
 ACK = b"ack!ack!"
+#: Payloads bigger than this are forwarded as a copy (see PumpEnd.on_ws_frame); --zero-copy
+#: (diagnostic, unsafe) forwards every payload as a view, as hyrelay's pump does today.
+COPY_ABOVE = [8192]
 
 
 def raise_nofile() -> None:
@@ -72,6 +78,8 @@ async def run_relay(args: argparse.Namespace) -> None:
         await srv.start()
         assert srv.store is not None and srv.relay is not None and srv.root_rule is not None
         srv.store.create_hc("hyrelay", "bench")
+        # Diagnostic: the same HC without sender authorization (no SAS check on connect).
+        srv.store.create_hc("hyrelay", "benchopen", requires_client_authorization=False)
         for i in range(args.hcs):
             srv.store.create_hc("hyrelay", f"idle{i}")
         srv.relay.refresh()
@@ -111,7 +119,13 @@ class PumpEnd(WSListener):
             peer = self.peer
             if peer is not None and peer.t is not None:
                 if not peer.gone:
-                    peer.t.send(msg_type, frame.get_payload_as_memoryview(), frame.fin)
+                    # The payload view points into picows' read buffer, which is reused as soon as
+                    # this callback returns. picows copies frames of up to 8 KiB into its own write
+                    # buffer, but hands bigger payloads to uvloop's writelines(), which keeps a
+                    # reference to the view for whatever it cannot send at once: so copy those.
+                    size = frame.payload_size
+                    peer.t.send(msg_type, frame.get_payload_as_bytes() if size > COPY_ABOVE[0] else
+                                frame.get_payload_as_memoryview(), frame.fin)
             else:
                 if self.parked is None:
                     self.parked = []
@@ -175,6 +189,40 @@ async def run_pump(args: argparse.Namespace) -> None:
     server.close()
 
 
+async def run_dpump(args: argparse.Namespace) -> None:
+    """Diagnostic: the bare pump, but connections arrive the way hyrelay takes them (an asyncio
+    Protocol reads the request head, then hyrelay's engine.adopt() hands the socket to picows)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from hyrelay.server import engine
+
+    waiting: dict[str, PumpEnd] = {}
+
+    class Head(asyncio.Protocol):
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            self.t, self.buf = transport, b""
+
+        def data_received(self, data: bytes) -> None:
+            buf = self.buf + data if self.buf else data
+            if buf.find(b"\r\n\r\n") < 0:
+                self.buf = buf
+                return
+            path = buf[4:buf.find(b" ", 4)].decode("latin-1").split("/")
+            key = path[2]
+            end = PumpEnd(key, waiting)
+            other = waiting.pop(key, None)
+            if other is None:
+                waiting[key] = end
+            else:
+                end.peer, other.peer = other, end
+            engine.adopt(self.t, buf, end)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Head, "127.0.0.1", 0, backlog=2048, reuse_address=True)
+    announce({"port": server.sockets[0].getsockname()[1]})
+    await wait_for_signal()
+    server.close()
+
+
 # -- direct sink ------------------------------------------------------------------------------
 class Sink(WSListener):
     __slots__ = ("every", "n")
@@ -210,14 +258,132 @@ async def run_direct(args: argparse.Namespace) -> None:
     server.close()
 
 
+def track_allocations() -> None:
+    import tracemalloc
+
+    tracemalloc.start(1)
+    base: list = []
+
+    def on_usr1(_signum: int, _frame: object) -> None:
+        if base:
+            import gc
+            sys.stderr.write(f"tracemalloc: gc.collect() freed {gc.collect()} objects first\n")
+        snap = tracemalloc.take_snapshot()
+        if not base:
+            base.append(snap)
+            sys.stderr.write("tracemalloc: baseline taken\n")
+            return
+        stats = snap.compare_to(base[0], "lineno")
+        total = sum(s.size_diff for s in stats)
+        sys.stderr.write(f"tracemalloc: +{total} bytes in Python objects\n")
+        for stat in stats[:18]:
+            sys.stderr.write(f"  {stat.size_diff:>10} B {stat.count_diff:>7} blocks  {stat.traceback}\n")
+        sys.stderr.flush()
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+
+
+def instrument_relay() -> None:
+    """Diagnostic: accumulate the time spent in the relay's per-connection steps (wrapping, not
+    editing, hyrelay's functions) and print it on exit. Wrappers cost ~0.3 µs per call."""
+    import atexit
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from hyrelay.protocol import sas
+    from hyrelay.server import dispatch, engine, pump, relay
+
+    totals: dict[str, list] = {}
+    clock = time.perf_counter
+
+    def wrap(owner, name: str, label: str) -> None:  # type: ignore[no-untyped-def]
+        fn = getattr(owner, name, None)
+        if fn is None:  # the relay's code moved on: time what still exists
+            sys.stderr.write(f"instrument: {label} not found, not timed\n")
+            return
+        acc = totals.setdefault(label, [0.0, 0])
+
+        def wrapper(*a, **kw):  # type: ignore[no-untyped-def]
+            t0 = clock()
+            try:
+                return fn(*a, **kw)
+            finally:
+                acc[0] += clock() - t0
+                acc[1] += 1
+        setattr(owner, name, wrapper)
+
+    wrap(dispatch.Dispatch, "data_received", "Dispatch.data_received (all of it)")
+    wrap(dispatch, "parse_head", "parse_head")
+    wrap(dispatch, "parse_hc_target", "parse_hc_target")
+    wrap(relay.Relay, "_connect", "Relay._connect")
+    wrap(relay.Relay, "_accept", "Relay._accept (incl. 2 adopts)")
+    wrap(relay.Relay, "_listen", "Relay._listen (incl. adopt)")
+    wrap(relay, "authorize", "sas.authorize")
+    wrap(engine, "adopt", "engine.adopt (picows handshake)")
+    wrap(getattr(relay, "ControlChannel", relay), "send_text", "ControlChannel.send_text")
+    wrap(pump.PumpEnd, "on_ws_frame", "PumpEnd.on_ws_frame")
+    wrap(pump.PumpEnd, "on_ws_disconnected", "PumpEnd.on_ws_disconnected")
+    del sas
+
+    def report() -> None:
+        sys.stderr.write("instrument " + json.dumps({k: v for k, v in totals.items()}) + "\n")
+    atexit.register(report)
+
+
+def track_gc() -> None:
+    import atexit
+    import gc
+    import time
+
+    spent = {0: 0.0, 1: 0.0, 2: 0.0}
+    counts = {0: 0, 1: 0, 2: 0}
+    collected = [0]
+    started = [0.0]
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.process_time()
+        else:
+            gen = info["generation"]
+            spent[gen] += time.process_time() - started[0]
+            counts[gen] += 1
+            collected[0] += info["collected"]
+
+    gc.callbacks.append(callback)
+    atexit.register(lambda: sys.stderr.write("gcstats " + json.dumps(
+        {"gc_seconds": sum(spent.values()), "cpu_seconds": time.process_time(), "gc_runs": counts,
+         "gc_collected": collected[0]}) + "\n"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=("relay", "pump", "direct"))
+    parser.add_argument("kind", choices=("relay", "pump", "direct", "dpump"))
     parser.add_argument("--hcs", type=int, default=0, help="relay: number of idleN HCs to create")
     parser.add_argument("--profile", help="write cProfile stats of the whole run here")
+    parser.add_argument("--zero-copy", action="store_true",
+                        help="pump, diagnostic: forward every payload as a view into picows' read buffer "
+                             "(corrupts payloads over 8 KiB when the destination socket is full)")
+    parser.add_argument("--instrument", action="store_true",
+                        help="diagnostic: time the relay's per-connection steps (printed on exit)")
+    parser.add_argument("--gc-off", action="store_true", help="diagnostic: disable the cyclic GC")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="diagnostic: SIGUSR1 takes a baseline snapshot, the next one prints the growth")
+    parser.add_argument("--gcstats", action="store_true",
+                        help="on exit, print the time spent in the cyclic garbage collector to stderr")
     args = parser.parse_args()
     raise_nofile()
-    run = {"relay": run_relay, "pump": run_pump, "direct": run_direct}[args.kind]
+    if args.zero_copy:
+        COPY_ABOVE[0] = 1 << 62
+    run = {"relay": run_relay, "pump": run_pump, "direct": run_direct, "dpump": run_dpump}[args.kind]
+    if args.gcstats:
+        track_gc()
+    if args.instrument:
+        instrument_relay()
+    if args.gc_off:
+        import gc
+        gc.disable()
+    if args.tracemalloc:
+        track_allocations()
     if args.profile:
         import cProfile
         prof = cProfile.Profile()
