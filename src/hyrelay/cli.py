@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 import ssl
@@ -18,20 +20,24 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .protocol.sas import ConnectionString, build_token
 from .server.app import RelayServer
 from .server.config import RelayConfig
 from .settings import (
-    CONFIG_ENV, SETTINGS, ConfigError, check_files, default_of, env_name, load_toml,
+    CONFIG_ENV, ENV_PREFIX, SETTINGS, ConfigError, check_files, default_of, env_name, load_toml,
     resolve_config,
 )
 from .store import ROOT_RULE, HybridConnection, NotFound, Rule, SqliteStore, StoreError, open_store
+
+if TYPE_CHECKING:
+    from .client.admin import AdminClient
 
 __all__ = ["main"]
 
@@ -116,29 +122,45 @@ def _resolve(params: dict[str, Any]) -> RelayConfig:
 
 @dataclass(slots=True)
 class Session:
-    """What a data command works with: the settings, an open store and the output mode."""
+    """What a data command works with: the settings, a store and the output mode.
+
+    With --server the store is an AdminClient: the same methods, carried out by the relay.
+    """
 
     config: RelayConfig
-    store: SqliteStore
+    store: SqliteStore | AdminClient
     as_json: bool
+    remote: AdminClient | None = None
 
     @property
     def namespace(self) -> str:
-        return self.config.namespace
+        # With --server the relay decides: it acts on the namespace it serves.
+        return self.remote.namespace if self.remote is not None else self.config.namespace
 
 
-def _store_command(extra: Sequence[str] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def _store_command(extra: Sequence[str] = (), *,
+                   remote: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Give a command --data-dir, --namespace, --config and --json, and a Session to work on.
 
-    Store errors (not found, already exists, invalid name, limit) end the command with
-    their message on stderr and exit code 1.
+    With *remote*, also --server and --connection-string: the command then acts through a running
+    relay's admin API instead of the local store. Store errors (not found, already exists, invalid
+    name, limit), and the relay's refusals, end the command with their message on stderr and exit
+    code 1.
     """
 
     def decorate(func: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(func)
         def wrapper(**params: Any) -> None:
             as_json = params.pop("as_json")
+            client = _admin_client(params.pop("server", None), params.pop("connection_string", None),
+                                   params) if remote else None
             config = _resolve(params)
+            if client is not None:
+                try:
+                    func(Session(config, client, as_json, client), **params)
+                except StoreError as exc:
+                    raise click.ClickException(str(exc)) from None
+                return
             store = _open_store(config)
             try:
                 store.ensure_default(config.namespace)
@@ -149,9 +171,40 @@ def _store_command(extra: Sequence[str] = ()) -> Callable[[Callable[..., None]],
                 store.close()
 
         wrapper = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(wrapper)
+        if remote:
+            wrapper = click.option(
+                "--connection-string", "connection_string", metavar="TEXT", default=None,
+                envvar=f"{ENV_PREFIX}CONNECTION_STRING",
+                help=f"With --server: connection string of a namespace rule with Manage. "
+                     f"[env {ENV_PREFIX}CONNECTION_STRING]")(wrapper)
+            wrapper = click.option(
+                "--server", metavar="URL", default=None, envvar=f"{ENV_PREFIX}SERVER",
+                help=f"Act through the admin API of the relay at URL (e.g. http://127.0.0.1:9000) "
+                     f"instead of the local data dir. [env {ENV_PREFIX}SERVER]")(wrapper)
         return _setting_options((*STORE_SETTINGS, *extra))(wrapper)
 
     return decorate
+
+
+def _admin_client(server: str | None, connection_string: str | None,
+                  params: dict[str, Any]) -> AdminClient | None:
+    """The admin API client for --server, or None for local mode; bad combinations exit 2."""
+    if not server:
+        source = click.get_current_context().get_parameter_source("connection_string")
+        if source is click.core.ParameterSource.COMMANDLINE:
+            raise UsageProblem("--connection-string needs --server URL, the relay to act through")
+        return None
+    if params.get("namespace") is not None:
+        raise UsageProblem("--namespace does not apply with --server: the relay acts on the namespace it serves")
+    if not connection_string:
+        raise UsageProblem(f"--server needs the connection string of a rule with Manage: give "
+                           f"--connection-string or {ENV_PREFIX}CONNECTION_STRING")
+    from .client.admin import AdminClient
+
+    try:
+        return AdminClient(server, connection_string)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
 
 
 def _open_store(config: RelayConfig) -> SqliteStore:
@@ -216,7 +269,8 @@ def main() -> None:
     Run the relay with `hyrelay serve`; manage hybrid connections and SAS rules with
     `hyrelay hc` and `hyrelay rule` (also while the relay runs: it picks up changes within
     about a second). Every command accepts --data-dir and --config, and --json where it
-    prints data.
+    prints data. The hc, rule and namespace commands can also act through a running relay's
+    admin API: give --server URL and a connection string with Manage.
     """
 
 
@@ -296,7 +350,55 @@ async def _serve(config: RelayConfig, store: SqliteStore) -> None:
 
 @main.group()
 def hc() -> None:
-    """Create, list, show and delete hybrid connections."""
+    """Create, list, show, update and delete hybrid connections."""
+
+
+class _Reset:
+    """The word ``default`` for a per-HC setting: use the relay's own setting."""
+
+    def __repr__(self) -> str:
+        return "default"
+
+
+RESET = _Reset()
+
+
+class _NumberOrDefault(click.ParamType):
+    """A number (int or float), or ``default``, which becomes :data:`RESET`."""
+
+    def __init__(self, kind: type[int] | type[float], what: str) -> None:
+        self.kind = kind
+        self.what = what
+        self.name = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is RESET or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return value
+        text = str(value).strip()
+        if text.lower() == "default":
+            return RESET
+        try:
+            number = self.kind(text)
+        except ValueError:
+            number = None
+        if number is None or number != number or abs(number) == float("inf"):
+            self.fail(f"{value!r} is not {self.what} or 'default'", param, ctx)
+        return number
+
+
+# Destinations differ from the flags: request_timeout and max_listeners are relay settings too,
+# which _resolve would take for itself.
+_request_timeout_option = click.option(
+    "--request-timeout", "hc_request_timeout", type=_NumberOrDefault(float, "a number of seconds"), default=None,
+    metavar="SECONDS", help="Seconds a listener has to answer a relayed HTTP request; 0: no limit; "
+                            "'default': the relay's request-timeout.")
+_max_listeners_option = click.option(
+    "--max-listeners", "hc_max_listeners", type=_NumberOrDefault(int, "a whole number"), default=None, metavar="N",
+    help="Listeners allowed at once (1-10000); 'default': the relay's max-listeners.")
+
+
+def _per_hc(value: Any) -> Any:
+    return None if value is RESET else value
 
 
 @hc.command("create")
@@ -304,11 +406,17 @@ def hc() -> None:
 @click.option("--no-client-auth", is_flag=True,
               help="Let senders connect without a token (requiresClientAuthorization=false).")
 @click.option("--user-metadata", metavar="TEXT", default="", help="Free text stored with the HC.")
-@_store_command()
-def hc_create(s: Session, name: str, no_client_auth: bool, user_metadata: str) -> None:
+@_request_timeout_option
+@_max_listeners_option
+@click.option("--multicast/--no-multicast", default=False,
+              help="Deliver each request to every listener instead of one.  [default: no-multicast]")
+@_store_command(remote=True)
+def hc_create(s: Session, name: str, no_client_auth: bool, user_metadata: str, hc_request_timeout: Any,
+              hc_max_listeners: Any, multicast: bool) -> None:
     """Create the hybrid connection NAME."""
     made = s.store.create_hc(s.namespace, name, requires_client_authorization=not no_client_auth,
-                             user_metadata=user_metadata)
+                             user_metadata=user_metadata, request_timeout=_per_hc(hc_request_timeout),
+                             max_listeners=_per_hc(hc_max_listeners), multicast=multicast)
     if s.as_json:
         return _emit_json(_hc_json(made))
     auth = "required" if made.requires_client_authorization else "not required"
@@ -316,8 +424,42 @@ def hc_create(s: Session, name: str, no_client_auth: bool, user_metadata: str) -
                f"(client authorization {auth})")
 
 
+@hc.command("update")
+@click.argument("name")
+@click.option("--client-auth/--no-client-auth", default=None,
+              help="Require senders to bring a Send token, or not.")
+@click.option("--user-metadata", metavar="TEXT", default=None, help="Replace the free text stored with the HC.")
+@_request_timeout_option
+@_max_listeners_option
+@click.option("--multicast/--no-multicast", default=None,
+              help="Deliver each request to every listener, or to one.")
+@_store_command(remote=True)
+def hc_update(s: Session, name: str, client_auth: bool | None, user_metadata: str | None,
+              hc_request_timeout: Any, hc_max_listeners: Any, multicast: bool | None) -> None:
+    """Change settings of the hybrid connection NAME; what is not given stays as it is."""
+    changes: dict[str, Any] = {}
+    if client_auth is not None:
+        changes["requires_client_authorization"] = client_auth
+    if user_metadata is not None:
+        changes["user_metadata"] = user_metadata
+    if hc_request_timeout is not None:
+        changes["request_timeout"] = _per_hc(hc_request_timeout)
+    if hc_max_listeners is not None:
+        changes["max_listeners"] = _per_hc(hc_max_listeners)
+    if multicast is not None:
+        changes["multicast"] = multicast
+    if not changes:
+        raise UsageProblem("nothing to change: give --client-auth/--no-client-auth, --user-metadata, "
+                           "--request-timeout, --max-listeners or --multicast/--no-multicast")
+    h = s.store.update_hc(s.namespace, name, **changes)
+    if s.as_json:
+        return _emit_json(_hc_json(h))
+    click.echo(f"updated hybrid connection {h.name!r} in namespace {h.namespace!r}")
+    click.echo(_pairs(_hc_pairs(h)))
+
+
 @hc.command("list")
-@_store_command()
+@_store_command(remote=True)
 def hc_list(s: Session) -> None:
     """List the hybrid connections of the namespace."""
     hcs = s.store.list_hcs(s.namespace)
@@ -333,24 +475,35 @@ def hc_list(s: Session) -> None:
     ))
 
 
+def _hc_pairs(h: HybridConnection) -> list[tuple[str, str]]:
+    if h.request_timeout is None:
+        timeout = "relay default"
+    else:
+        timeout = "no limit" if h.request_timeout == 0 else f"{h.request_timeout:g} s"
+    return [
+        ("name", h.name), ("namespace", h.namespace),
+        ("client authorization", "required" if h.requires_client_authorization else "not required"),
+        ("user metadata", h.user_metadata or "-"), ("created", h.created_at), ("updated", h.updated_at),
+        ("request timeout", timeout),
+        ("max listeners", "relay default" if h.max_listeners is None else str(h.max_listeners)),
+        ("multicast", "on" if h.multicast else "off"),
+    ]
+
+
 @hc.command("show")
 @click.argument("name")
-@_store_command()
+@_store_command(remote=True)
 def hc_show(s: Session, name: str) -> None:
     """Show the hybrid connection NAME."""
     h = s.store.get_hc(s.namespace, name)
     if s.as_json:
         return _emit_json(_hc_json(h))
-    click.echo(_pairs([
-        ("name", h.name), ("namespace", h.namespace),
-        ("client authorization", "required" if h.requires_client_authorization else "not required"),
-        ("user metadata", h.user_metadata or "-"), ("created", h.created_at), ("updated", h.updated_at),
-    ]))
+    click.echo(_pairs(_hc_pairs(h)))
 
 
 @hc.command("delete")
 @click.argument("name")
-@_store_command()
+@_store_command(remote=True)
 def hc_delete(s: Session, name: str) -> None:
     """Delete the hybrid connection NAME and its rules; a running relay closes its listeners."""
     h = s.store.get_hc(s.namespace, name)
@@ -381,7 +534,7 @@ def _print_rule_keys(r: Rule) -> None:
 @click.option("--rights", required=True, metavar="LIST",
               help="Comma-separated rights: Listen, Send, Manage (e.g. Listen,Send).")
 @_hc_option
-@_store_command()
+@_store_command(remote=True)
 def rule_create(s: Session, name: str, rights: str, hc_name: str | None) -> None:
     """Create the rule NAME with fresh keys."""
     r = s.store.create_rule(s.namespace, hc_name, name, rights)
@@ -393,7 +546,7 @@ def rule_create(s: Session, name: str, rights: str, hc_name: str | None) -> None
 
 @rule.command("list")
 @_hc_option
-@_store_command()
+@_store_command(remote=True)
 def rule_list(s: Session, hc_name: str | None) -> None:
     """List rules (without their keys; see `rule show`)."""
     rules = s.store.list_rules(s.namespace, hc_name)
@@ -409,7 +562,7 @@ def rule_list(s: Session, hc_name: str | None) -> None:
 @rule.command("show")
 @click.argument("name")
 @_hc_option
-@_store_command()
+@_store_command(remote=True)
 def rule_show(s: Session, name: str, hc_name: str | None) -> None:
     """Show the rule NAME with its keys."""
     r = s.store.get_rule(s.namespace, hc_name, name)
@@ -422,7 +575,7 @@ def rule_show(s: Session, name: str, hc_name: str | None) -> None:
 @rule.command("delete")
 @click.argument("name")
 @_hc_option
-@_store_command()
+@_store_command(remote=True)
 def rule_delete(s: Session, name: str, hc_name: str | None) -> None:
     """Delete the rule NAME; tokens signed with its keys stop working."""
     r = s.store.get_rule(s.namespace, hc_name, name)
@@ -437,7 +590,7 @@ def rule_delete(s: Session, name: str, hc_name: str | None) -> None:
 @click.argument("name")
 @_hc_option
 @click.option("--secondary", is_flag=True, help="Replace the secondary key instead of the primary.")
-@_store_command()
+@_store_command(remote=True)
 def rule_regenerate_key(s: Session, name: str, hc_name: str | None, secondary: bool) -> None:
     """Replace a key of the rule NAME with a fresh one."""
     which = "secondary" if secondary else "primary"
@@ -460,6 +613,53 @@ def _find_rule(s: Session, name: str, hc_name: str | None) -> Rule:
             pass
     raise NotFound(f"rule {name!r} does not exist on hybrid connection {hc_name!r} "
                    f"or namespace {s.namespace!r}")
+
+
+# -- namespace ---------------------------------------------------------------------------------
+
+
+@main.group("namespace")
+def namespace_group() -> None:
+    """List, create and delete namespaces (the relay serves one: the namespace setting)."""
+
+
+@namespace_group.command("list")
+@_store_command(remote=True)
+def namespace_list(s: Session) -> None:
+    """List the namespaces; CURRENT marks the one the other commands act on."""
+    spaces = s.store.list_namespaces()
+    current = s.namespace.lower()
+    if s.as_json:
+        return _emit_json([{**asdict(n), "current": n.name.lower() == current} for n in spaces])
+    click.echo(_table(("NAME", "CREATED", "CURRENT"),
+                      ((n.name, n.created_at, "yes" if n.name.lower() == current else "") for n in spaces)))
+
+
+@namespace_group.command("create")
+@click.argument("name")
+@_store_command(remote=True)
+def namespace_create(s: Session, name: str) -> None:
+    """Create the namespace NAME with a RootManageSharedAccessKey rule."""
+    made = s.store.create_namespace(name)
+    if s.as_json:
+        return _emit_json(asdict(made))
+    click.echo(f"created namespace {made.name!r} with rule {ROOT_RULE!r}")
+
+
+@namespace_group.command("delete")
+@click.argument("name")
+@_store_command(remote=True)
+def namespace_delete(s: Session, name: str) -> None:
+    """Delete the namespace NAME with its hybrid connections and rules."""
+    ns = s.store.get_namespace(name)
+    # A relay refuses this itself (409); locally the namespace setting stands in for the served one.
+    if s.remote is None and ns.name.lower() == s.namespace.lower():
+        raise click.ClickException(f"namespace {ns.name!r} is the one the relay serves (the namespace "
+                                   "setting); give --namespace OTHER to delete it")
+    s.store.delete_namespace(ns.name)
+    if s.as_json:
+        return _emit_json({"deleted": "namespace", "name": ns.name})
+    click.echo(f"deleted namespace {ns.name!r} with its hybrid connections and rules")
 
 
 # -- token and connection-string ---------------------------------------------------------------
@@ -524,6 +724,139 @@ def connection_string(s: Session, rule_name: str, hc_name: str | None, secondary
                            "entity_path": entity})
     click.echo(str(cs))
 
+
+# -- expose ------------------------------------------------------------------------------------
+
+_APP_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _classify(args: Sequence[str]) -> tuple[str | None, str | None]:
+    """Sort expose's positional arguments into (APP, CONNECTION_STRING)."""
+    from .client._endpoint import is_connection_string
+
+    app = cs = None
+    for arg in args:
+        if is_connection_string(arg) and cs is None:
+            cs = arg
+        elif _APP_SPEC.fullmatch(arg) and app is None:
+            app = arg
+        else:
+            raise UsageProblem(f"{arg!r} is neither a connection string (Endpoint=...) nor an ASGI app "
+                               f"(module:attribute), or it was given twice")
+    return app, cs
+
+
+def _import_app(spec: str) -> Any:
+    """Import ``module:attr`` (attr may be dotted) with the current directory on sys.path."""
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise UsageProblem(f"cannot import the ASGI app {spec!r}: {exc}") from None
+    if not callable(target):
+        raise UsageProblem(f"{spec!r} is not an ASGI app (not callable)")
+    return target
+
+
+@main.command("expose")
+@click.argument("args", nargs=-1, metavar="[APP] [CONNECTION_STRING]")
+@click.option("--to", "to", metavar="URL", default=None,
+              help="Forward every request to this local HTTP service, e.g. http://127.0.0.1:8000.")
+@click.option("--connection-string", "cs_option", metavar="TEXT", default=None,
+              envvar="HYRELAY_CONNECTION_STRING", show_envvar=True,
+              help="Connection string with Listen rights (or give it as an argument).")
+@click.option("--hc", "hc_name", metavar="HCNAME", default=None,
+              help="Hybrid connection to listen on, when the connection string has no EntityPath.")
+@click.option("--listeners", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Parallel listeners on the hybrid connection; the relay spreads requests over them.")
+@click.option("--flush-interval", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              metavar="SECONDS",
+              help="A response still buffered this long after its first bytes starts streaming.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True, help="Logging to stderr.")
+def expose(args: tuple[str, ...], to: str | None, cs_option: str | None, hc_name: str | None,
+           listeners: int, flush_interval: float, log_level: str) -> None:
+    """Make a local HTTP service or an ASGI app reachable through the relay.
+
+    \b
+        hyrelay expose --to http://127.0.0.1:8000 "Endpoint=...;EntityPath=web"
+        hyrelay expose myapp:app --connection-string "Endpoint=..." --hc web
+
+    Once the listeners are online it prints the public URL (http://relay/HCNAME/) as one line on
+    stdout, then serves until SIGINT or SIGTERM. Logs go to stderr.
+    """
+    app_spec, cs_arg = _classify(args)
+    # An argument beats HYRELAY_CONNECTION_STRING; an argument and a different flag conflict.
+    flagged = click.get_current_context().get_parameter_source("cs_option") is ParameterSource.COMMANDLINE
+    if cs_arg and cs_option and flagged and cs_arg != cs_option:
+        raise UsageProblem("two different connection strings were given")
+    cs = cs_arg or cs_option
+    if not cs:
+        raise UsageProblem("give a connection string: as an argument, with --connection-string "
+                           "or in HYRELAY_CONNECTION_STRING")
+    if (to is None) == (app_spec is None):
+        raise UsageProblem("give either --to URL (a local HTTP service) or APP (module:attribute), not both")
+    logging.basicConfig(level=getattr(logging, log_level.upper()), force=True, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from .client.asgi import AsgiHandler
+    from .client.proxy import ProxyHandler
+
+    handler: Any
+    if to is not None:
+        try:
+            handler = ProxyHandler(to)
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
+    else:
+        handler = AsgiHandler(_import_app(app_spec or ""))
+    _run(_expose(cs, hc_name, handler, listeners, flush_interval, to or app_spec or ""))
+
+
+async def _expose(cs: str, hc_name: str | None, handler: Any, count: int, flush_interval: float,
+                  what: str) -> None:
+    from .client import HybridConnectionListener, RelayError
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError, AttributeError):  # Windows: Ctrl+C only
+            pass
+    try:
+        made = [HybridConnectionListener(cs, entity=hc_name, request_handler=handler,
+                                         response_flush_interval=flush_interval) for _ in range(count)]
+    except (RelayError, ValueError) as exc:
+        raise UsageProblem(str(exc)) from None
+    async with handler:  # the proxy's HTTP session, or the app's lifespan
+        opened = []
+        try:
+            for listener in made:
+                try:
+                    await listener.open()
+                except RelayError as exc:
+                    raise click.ClickException(f"the relay refused the listener: {exc}") from None
+                except (OSError, TimeoutError) as exc:
+                    raise click.ClickException(
+                        f"cannot reach the relay at {listener.endpoint.ws_base}: {exc}") from None
+                opened.append(listener)
+            endpoint = made[0].endpoint
+            public = re.sub(r"^ws", "http", endpoint.ws_base, count=1)
+            click.echo(f"{public}/{endpoint.raw_path}/")
+            sys.stdout.flush()
+            _log.info("event=expose_online hc=%s listeners=%d to=%s", endpoint.entity, count, what)
+            await stop.wait()
+            _log.info("event=expose_stopping")
+        finally:
+            await asyncio.gather(*(listener.close() for listener in opened), return_exceptions=True)
+    _log.info("event=expose_stopped")
+
+
+from .rpc.cli import rpc as _rpc_group; main.add_command(_rpc_group)  # noqa: E402,E702  `hyrelay rpc ...`
 
 if __name__ == "__main__":  # pragma: no cover
     main()
