@@ -84,3 +84,38 @@ async def test_websocket_publisher_fans_out_and_gets_acks(relay):
         bodies = [(await next_request(control))[1] for _ in range(6)]
         assert bodies == [f"tick {i}".encode() for i in range(5)] + [b"\x00\x01"]
         await control.close()
+
+
+async def test_a_stalled_listener_holds_back_the_publisher_instead_of_growing_buffers(relay):
+    relay.store.create_hc("hyrelay", "firehose", multicast=True)
+    relay.relay.refresh()
+    fast, slow = await listeners(relay, "firehose", 2)
+    slow.transport.pause_reading()  # this listener stops reading its control channel
+
+    async def drain_fast() -> None:
+        while True:
+            await next_request(fast)
+
+    reader = asyncio.create_task(drain_fast())
+    payload = b"e" * 60000
+    async with ws_connect(f"{relay.ws}/$hc/firehose", relay.auth("firehose"), ping_interval=None) as publisher:
+        acked = 0
+
+        async def publish() -> None:
+            nonlocal acked
+            for _ in range(2000):  # 120 MB if nothing pushed back
+                await publisher.send(payload)
+                await publisher.recv()
+                acked += 1
+
+        task = asyncio.create_task(publish())
+        previous = -1
+        while previous != acked:  # until the relay stops taking messages from the publisher
+            previous = acked
+            await asyncio.sleep(0.5)
+        assert acked < 2000, "the relay kept accepting messages for a listener that reads nothing"
+        channel = [c for c in relay.relay.router.listeners("hyrelay/firehose") if c.paused]
+        assert channel and channel[0].buffered < 64 << 20
+        slow.transport.resume_reading()
+        task.cancel()
+    reader.cancel()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..protocol.errors import BadGateway, ProtocolViolation, RelayError, close_reason
@@ -26,7 +27,7 @@ _log = logging.getLogger("hyrelay.server")
 class ListenerSocket(WSListener):
     """Text commands (bounded, reassembled from fragments) and response bodies from a listener."""
 
-    __slots__ = ("transport", "responses", "closed", "_text", "writable")
+    __slots__ = ("transport", "responses", "closed", "_text", "writable", "paused", "_drain_callbacks")
 
     def __init__(self) -> None:
         self.transport: WSTransport | None = None
@@ -34,6 +35,9 @@ class ListenerSocket(WSListener):
         self.closed = False
         self._text: bytearray | None = None
         self.writable: asyncio.Event | None = None
+        #: True while the socket's write buffer is over its high-water mark.
+        self.paused = False
+        self._drain_callbacks: list[Callable[[], None]] | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -110,13 +114,31 @@ class ListenerSocket(WSListener):
 
     # Writers that stream (request bodies) wait on this; it is only created when someone does.
     def pause_writing(self) -> None:
+        self.paused = True
         if self.writable is None:
             self.writable = asyncio.Event()
         self.writable.clear()
 
     def resume_writing(self) -> None:
+        self.paused = False
         if self.writable is not None:
             self.writable.set()
+        callbacks, self._drain_callbacks = self._drain_callbacks, None
+        for callback in callbacks or ():
+            callback()
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Call *callback* once, when the write buffer next drains below its low-water mark."""
+        if self._drain_callbacks is None:
+            self._drain_callbacks = []
+        self._drain_callbacks.append(callback)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the socket."""
+        if self.transport is None or self.transport.is_disconnected:
+            return 0
+        return self.transport.underlying_transport.get_write_buffer_size()
 
     async def drained(self) -> None:
         if self.writable is not None:
@@ -142,6 +164,7 @@ class ControlChannel(ListenerSocket):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closed = True
+        self.resume_writing()  # nobody should wait for a socket that is gone
         if self._expiry is not None:
             self._expiry.cancel()
         self.responses.fail_all(BadGateway("The listener disconnected before it finished the response"))
@@ -187,6 +210,5 @@ class RequestRendezvous(ListenerSocket):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closed = True
-        if self.writable is not None:
-            self.writable.set()  # wake a blocked writer so it sees the socket is gone
+        self.resume_writing()  # wake a blocked writer so it sees the socket is gone
         self.responses.fail_all(BadGateway("The listener dropped the request rendezvous before it finished"))

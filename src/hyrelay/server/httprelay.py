@@ -37,6 +37,10 @@ _access = logging.getLogger("hyrelay.access")
 
 #: Request bodies stream to the listener in fragments of this size.
 CHUNK = 64 * 1024
+#: A listener with more than this waiting in its socket is skipped by multicast (and counted out).
+MULTICAST_MAX_BUFFER = 4 << 20
+#: Marks a multicast copy, so a listener knows nobody reads its answer.
+MULTICAST_HEADER = "Hyrelay-Multicast"
 
 
 class HttpRelay:
@@ -268,7 +272,10 @@ def fan_out(listeners: list[ControlChannel], raw_path: str, target: str, method:
     A multicast hybrid connection has no reply, so listeners' answers are drained unread.
     """
     reached = 0
+    headers = {**headers, MULTICAST_HEADER: "1"}
     for channel in listeners:
+        if channel.buffered > MULTICAST_MAX_BUFFER:
+            continue  # this listener is not keeping up: it misses the message, nobody else waits
         address = build_address(channel.base_url, raw_path.lstrip("/"), "", action="request", id="multicast")
         message = HttpRequest(address, str(uuid.uuid4()), target, method, headers,
                               str(peer[0]) if peer else None, int(peer[1]) if peer else None, bool(body))

@@ -66,5 +66,24 @@ class Publisher(WSListener):
             transport.send(WSMsgType.TEXT, json.dumps(
                 {"published": {"seq": self._seq, "listeners": reached}}).encode())
             self.on_published(reached, len(body))
+            self._hold_while_backed_up()
+
+    def _hold_while_backed_up(self) -> None:
+        """Stop reading the publisher while any listener's socket is full: backpressure, not loss."""
+        backed_up = [channel for channel in self.listeners() if channel.paused]
+        if not backed_up or self.transport is None or self.transport.is_disconnected:
+            return
+        self.transport.underlying_transport.pause_reading()
+        waiting = len(backed_up)
+
+        def drained() -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting == 0 and self.transport is not None and not self.transport.is_disconnected:
+                self.transport.underlying_transport.resume_reading()
+                self._hold_while_backed_up()
+
+        for channel in backed_up:
+            channel.on_drain(drained)
 
 
