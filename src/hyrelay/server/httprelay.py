@@ -23,7 +23,6 @@ from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, Gateway
                                RequestTooLarge, safe_reason)
 from ..protocol.headers import add_via, request_headers, response_headers
 from ..protocol.messages import MAX_HEADER_METADATA, MAX_INLINE_REQUEST, HttpRequest, request_message
-from ..protocol.rights import Rights
 from .control import ControlChannel, RequestRendezvous
 from .exchange import HttpExchange
 

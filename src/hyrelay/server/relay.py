@@ -92,10 +92,10 @@ class Relay:
             up.reject(err, tracker)
             self._failed(up, err)
         except Exception:
-            err = InternalError("The relay failed to handle the request")
-            _log.exception("event=internal_error tracking_id=%s", err.tracking_id)
-            up.reject(err, tracker)
-            self._failed(up, err)
+            internal = InternalError("The relay failed to handle the request")
+            _log.exception("event=internal_error tracking_id=%s", internal.tracking_id)
+            up.reject(internal, tracker)
+            self._failed(up, internal)
 
     def _failed(self, up: Upgrade, err: RelayError) -> None:
         found = self.snapshot.find_hc(self.namespace, up.target.decoded_path)
@@ -250,14 +250,14 @@ class Relay:
 
     def _accept_timed_out(self, secret: str) -> None:
         pending = self.router.take_pending(secret)
-        if pending is not None:
+        if isinstance(pending, Pending):
             err = GatewayTimeout(f"The listener did not accept the connection within "
                                  f"{self.config.accept_timeout:g} seconds")
             pending.upgrade.reject(err, pending.hc_key)
 
     def _sender_gone(self, secret: str) -> None:
         pending = self.router.take_pending(secret)
-        if pending is not None and pending.timer is not None:
+        if isinstance(pending, Pending) and pending.timer is not None:
             pending.timer.cancel()
             _log.info("event=sender_gone_before_accept connection=%s", pending.connection_id)
 
