@@ -34,7 +34,7 @@ from websockets.exceptions import ConnectionClosed as _WsClosed
 from websockets.exceptions import InvalidHandshake
 
 from ..protocol.errors import ProtocolViolation
-from ..protocol.headers import HOP_BY_HOP
+from ..protocol.headers import HOP_BY_HOP, MULTICAST_HEADER
 from ..protocol.messages import (MAX_CONTROL_MESSAGE, HttpRequest, RelayCommand, ResponseHead, parse_relay_message,
                                  parse_request, response_message)
 from .connection import Headers
@@ -124,6 +124,19 @@ class ControlLink:
         async with self.lock:
             for message in messages:
                 await self.ws.send(message)
+
+
+class _DiscardLink(ControlLink):
+    """Where answers to multicast copies go: nowhere. The relay would drop them unread."""
+
+    def __init__(self) -> None:  # no socket, no lock: nothing is ever sent
+        pass
+
+    async def send(self, *messages: str | bytes) -> None:
+        return None
+
+
+_DISCARD = _DiscardLink()
 
 
 # -- the request -------------------------------------------------------------------------------
@@ -738,7 +751,8 @@ class RequestDispatcher:
                            problem: tuple[int, str] | None = None) -> None:
         """A request that came whole on the control channel; *problem* answers it without the handler."""
         request = self._request(message, RequestBody.of(body))
-        channel = _Channel(control, message.address, self._connect)
+        multicast = any(name.lower() == MULTICAST_HEADER.lower() for name in message.headers or ())
+        channel = _Channel(_DISCARD if multicast else control, message.address, self._connect)
         try:
             if problem is not None:
                 response = RelayedResponse(request, channel, self.flush_interval)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["AUTH_HEADERS", "HOP_BY_HOP", "connect_headers", "request_headers", "response_headers", "add_via"]
+__all__ = ["AUTH_HEADERS", "HOP_BY_HOP", "MULTICAST_HEADER", "connect_headers", "request_headers", "response_headers", "add_via"]
+
+#: Marks a request the relay delivered to every listener of a multicast hybrid connection: its
+#: answer is read by nobody, so a listener need not send one.
+MULTICAST_HEADER = "Hyrelay-Multicast"
 
 #: Auth material never reaches a listener.
 AUTH_HEADERS = frozenset({"servicebusauthorization"})

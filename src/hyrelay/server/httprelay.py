@@ -21,7 +21,7 @@ from aiohttp import web
 from ..protocol.addresses import build_address, filter_query, path_segments, query_params
 from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, GatewayTimeout, HeadersTooLarge, RelayError,
                                RequestTooLarge, safe_reason)
-from ..protocol.headers import add_via, request_headers, response_headers
+from ..protocol.headers import MULTICAST_HEADER, add_via, request_headers, response_headers
 from ..protocol.messages import MAX_HEADER_METADATA, MAX_INLINE_REQUEST, HttpRequest, request_message
 from .control import ControlChannel, RequestRendezvous
 from .exchange import HttpExchange
@@ -38,8 +38,6 @@ _access = logging.getLogger("hyrelay.access")
 CHUNK = 64 * 1024
 #: A listener with more than this waiting in its socket is skipped by multicast (and counted out).
 MULTICAST_MAX_BUFFER = 4 << 20
-#: Marks a multicast copy, so a listener knows nobody reads its answer.
-MULTICAST_HEADER = "Hyrelay-Multicast"
 
 
 class HttpRelay:
