@@ -12,7 +12,7 @@ import uuid
 
 __all__ = [
     "RelayError", "BadRequest", "Unauthorized", "Forbidden", "QuotaExceeded", "EndpointNotFound",
-    "Gone", "RequestTooLarge", "HeadersTooLarge", "InternalError", "BadGateway", "GatewayTimeout",
+    "Gone", "RequestTooLarge", "HeadersTooLarge", "InternalError", "BadGateway", "ServerBusy", "GatewayTimeout",
     "ProtocolViolation", "new_tracking_id", "format_reason", "safe_reason", "close_reason",
 ]
 
@@ -109,6 +109,12 @@ class InternalError(RelayError):
 
 class BadGateway(RelayError):
     status, close_code, code = 502, 1011, "BadGateway"
+
+
+class ServerBusy(RelayError):
+    """Every candidate listener is too far behind to take more (its socket is full)."""
+
+    status, close_code, code = 503, 1013, "ServerBusy"
 
 
 class GatewayTimeout(RelayError):

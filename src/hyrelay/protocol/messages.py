@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,6 +199,10 @@ def response_message(head: ResponseHead) -> str:
     return json.dumps({"response": doc}, separators=(",", ":"), ensure_ascii=False)
 
 
+#: An HTTP header name (RFC 7230 token).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 class MalformedResponse(ProtocolViolation):
     """A ``response`` for a known request that cannot be used (the client gets 502)."""
 
@@ -227,6 +232,13 @@ def parse_response(body: Any) -> ResponseHead:
     headers = body.get("responseHeaders") or {}
     if not isinstance(headers, dict):
         raise MalformedResponse("response.responseHeaders must be an object", request_id, has_body)
+    clean: dict[str, str] = {}
+    for name, value in headers.items():
+        value = str(value)
+        if not _TOKEN.fullmatch(str(name)) or any(c in value for c in "\r\n\0"):
+            raise MalformedResponse(f"response header {str(name)[:40]!r} is not a valid HTTP header",
+                                    request_id, has_body)
+        clean[str(name)] = value
     description = body.get("statusDescription")
     return ResponseHead(request_id, status, description if isinstance(description, str) else None,
-                        {str(k): str(v) for k, v in headers.items()}, has_body)
+                        clean, has_body)

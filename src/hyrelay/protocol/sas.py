@@ -24,6 +24,8 @@ __all__ = [
 
 _PREFIX = "sharedaccesssignature "
 MAX_TOKEN_LENGTH = 4096
+#: Expiry times at or past 2**40 s (about 36,800 years) are nonsense, and would overflow floats.
+MAX_EXPIRY = 2**40
 _URI_COMPONENT_SAFE = "-_.!~*'()"
 
 
@@ -75,6 +77,8 @@ def parse_token(text: str) -> SasToken:
         expires_at = int(fields["se"])
     except ValueError:
         raise Unauthorized("The token is malformed: se is not an integer") from None
+    if not 0 <= expires_at < MAX_EXPIRY:
+        raise Unauthorized("The token is malformed: se is not a plausible Unix time")
     return SasToken(fields["sr"], fields["sig"], fields["se"], fields["skn"], expires_at)
 
 

@@ -23,6 +23,9 @@ __all__ = ["ListenerSocket", "ControlChannel", "RequestRendezvous"]
 
 _log = logging.getLogger("hyrelay.server")
 
+#: A listener with more than this waiting in its socket gets no new senders or requests.
+BACKLOG_LIMIT = 1 << 20
+
 
 class ListenerSocket(WSListener):
     """Text commands (bounded, reassembled from fragments) and response bodies from a listener."""
@@ -132,6 +135,11 @@ class ListenerSocket(WSListener):
         if self._drain_callbacks is None:
             self._drain_callbacks = []
         self._drain_callbacks.append(callback)
+
+    @property
+    def backed_up(self) -> bool:
+        """True if the listener is so far behind that it should not be given more work now."""
+        return self.buffered > BACKLOG_LIMIT
 
     @property
     def buffered(self) -> int:

@@ -62,8 +62,9 @@ class Subscription:
         self.wake = asyncio.Event()
 
     def wants(self, hc: str) -> bool:
-        # Events about no particular HC (rules_changed) only go to unfiltered streams.
-        return self.names is None or hc.lower() in self.names
+        # Events about no particular HC (rules_changed) concern every stream: they may also end its
+        # own authorization.
+        return self.names is None or not hc or hc.lower() in self.names
 
     def __call__(self, event: Event) -> None:
         if not self.wants(event.hc):

@@ -29,7 +29,7 @@ class HttpExchange:
     """The relay's half of one HTTP request: its response head, then its body chunks."""
 
     __slots__ = ("id", "hc_name", "secret", "head", "rendezvous", "_chunks", "_buffered", "_paused",
-                 "discard", "finished", "_ended", "bytes_in")
+                 "discard", "finished", "_ended", "bytes_in", "channel")
 
     def __init__(self, request_id: str, hc_name: str, secret: str) -> None:
         loop = asyncio.get_running_loop()
@@ -47,6 +47,8 @@ class HttpExchange:
         self._ended = False
         #: Request body bytes delivered to the listener (BytesTransferred).
         self.bytes_in = 0
+        #: The control channel the request went to (a ControlChannel).
+        self.channel: Any = None
 
     # -- engine side (sync callbacks) -----------------------------------------------------------
     def deliver(self, head: ResponseHead) -> None:

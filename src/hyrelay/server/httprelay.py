@@ -19,7 +19,8 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from ..protocol.addresses import build_address, filter_query, path_segments, query_params
-from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, GatewayTimeout, HeadersTooLarge, RelayError,
+from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, GatewayTimeout, HeadersTooLarge, InternalError,
+                               RelayError,
                                RequestTooLarge, safe_reason)
 from ..protocol.headers import MULTICAST_HEADER, add_via, request_headers, response_headers
 from ..protocol.messages import MAX_HEADER_METADATA, MAX_INLINE_REQUEST, HttpRequest, request_message
@@ -79,12 +80,10 @@ class HttpRelay:
             key = relay.hc_key(hc.name)
             allowed = relay.id_set(request.headers.get("Microsoft-Relay-AllowedListeners"))
             disallowed = relay.id_set(request.headers.get("Microsoft-Relay-DisallowedListeners"))
-            candidates = relay.router.choose(key, allowed, disallowed)
-            if not candidates and not hc.multicast:
-                if (allowed is not None or disallowed) and relay.router.listeners(key):
-                    raise EndpointNotFound("None of the connected listeners meet the "
-                                           "AllowedListeners/DisallowedListeners criteria")
-                raise BadGateway(f"No listener is online for '{hc.name}': the request could not be routed")
+            if hc.multicast:  # every listener, even none; fan_out skips those far behind
+                candidates = relay.router.choose(key, allowed, disallowed)
+            else:
+                candidates = relay.choose(key, hc.name, allowed, disallowed, BadGateway)
             headers = request_headers(request.headers.items(), strip_authorization=evaluated_authorization)
             head_size = sum(len(k) + len(v) + 4 for k, v in headers.items())
             if head_size > MAX_HEADER_METADATA:
@@ -108,6 +107,7 @@ class HttpRelay:
             request_id = str(uuid.uuid4())
             secret = secrets.token_urlsafe(24)
             exchange = HttpExchange(request_id, hc.name, secret)
+            exchange.channel = channel
             address = build_address(channel.base_url, raw_path.lstrip("/"), "", action="request",
                                     id=request_id, rendezvous=secret)
             full = HttpRequest(address, request_id, target, request.method, headers,
@@ -166,7 +166,10 @@ class HttpRelay:
             if response is not None:
                 return response  # aiohttp finishes it quietly on the closed connection
             raise asyncio.CancelledError from None  # aiohttp's quiet path for a premature disconnect
-        except RelayError as err:
+        except Exception as exc:
+            err = exc if isinstance(exc, RelayError) else InternalError("The relay failed to relay the request")
+            if not isinstance(exc, RelayError):
+                _log.exception("event=internal_error tracking_id=%s", err.tracking_id)
             if response is not None and response.prepared:
                 # Headers are out: cut the connection so the client sees a truncated body, not a short one.
                 _access.warning("event=http_response_cut method=%s path=%s bytes_out=%s tracking_id=%s "
@@ -257,6 +260,10 @@ class HttpRelay:
     def on_rendezvous(self, up, exchange: HttpExchange) -> None:
         """The listener opened a request's rendezvous (to fetch a request or to answer one)."""
         rendezvous = RequestRendezvous(exchange)
+        if exchange.channel is not None:
+            # From now on the answer comes on the rendezvous: the control channel going away (a token
+            # expiry, a reconnect) must not cut it.
+            exchange.channel.responses.exchanges.pop(exchange.id, None)
         if up.accept(rendezvous, None, max_frame_size=self.relay.config.max_frame_size):
             if not exchange.rendezvous.done():
                 exchange.rendezvous.set_result(rendezvous)

@@ -88,7 +88,10 @@ class Observer:
         self.emit("listener_online", hc, listener=listener_id, remote=f"{peer[0]}:{peer[1]}")
 
     def listener_offline(self, hc: str, listener_id: str) -> None:
-        self.hc(hc).listener_disconnects += 1
+        # Looked up, not created: a deleted HC's last listeners must not bring its counters back.
+        stats = self.stats.get(hc)
+        if stats is not None:
+            stats.listener_disconnects += 1
         self.emit("listener_offline", hc, listener=listener_id)
 
     def upgrade_failed(self, action: str, hc: str | None, status: int, reason: str) -> None:
@@ -103,9 +106,10 @@ class Observer:
         self.emit("connection_opened", hc, connection=connection_id, listener=listener_id)
 
     def connection_closed(self, hc: str, connection_id: str, nbytes: int) -> None:
-        stats = self.hc(hc)
-        stats.sender_disconnects += 1
-        stats.bytes_transferred += nbytes
+        stats = self.stats.get(hc)
+        if stats is not None:
+            stats.sender_disconnects += 1
+            stats.bytes_transferred += nbytes
         self.emit("connection_closed", hc, connection=connection_id, bytes=nbytes)
 
     def http_request(self, hc: str, method: str, status: int, seconds: float, nbytes: int) -> None:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from ..protocol.addresses import build_address, filter_query, path_segments
 from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, Forbidden, GatewayTimeout, Gone,
-                               InternalError, QuotaExceeded, RelayError, close_reason, format_reason,
+                               InternalError, QuotaExceeded, RelayError, ServerBusy, close_reason, format_reason,
                                new_tracking_id, safe_reason)
 from ..protocol.headers import connect_headers
 from ..protocol.messages import accept_message
@@ -210,12 +210,7 @@ class Relay:
             return
         allowed = self.id_set(up.head.header("Microsoft-Relay-AllowedListeners"))
         disallowed = self.id_set(up.head.header("Microsoft-Relay-DisallowedListeners"))
-        candidates = self.router.choose(key, allowed, disallowed)
-        if not candidates:
-            if (allowed is not None or disallowed) and self.router.listeners(key):
-                raise EndpointNotFound("None of the connected listeners meet the "
-                                       "AllowedListeners/DisallowedListeners criteria")
-            raise EndpointNotFound(f"No listeners connected for endpoint '{hc.name}'")
+        candidates = self.choose(key, hc.name, allowed, disallowed, EndpointNotFound)
         given = up.target.params.get("sb-hc-id", "")
         connection_id = given if _SAFE_ID.fullmatch(given) else str(uuid.uuid4())
         secret = secrets.token_urlsafe(24)  # 192 bits: the address is the only credential
@@ -345,6 +340,28 @@ class Relay:
         if old.rule_digest() != new.rule_digest():
             self.observer.store_changed("rules_changed")
 
+    def choose(self, key: str, hc_name: str, allowed: set[str] | None, disallowed: set[str] | None,
+               nobody: type[RelayError]) -> list[ControlChannel]:
+        """Listeners to try, in random order; those too far behind are left out.
+
+        Raises:
+            EndpointNotFound: the Allowed/DisallowedListeners headers leave nobody (spec §1.6).
+            *nobody*: no listener is online (404 for WebSockets, 502 for HTTP).
+            ServerBusy: every listener's socket is full (503).
+        """
+        candidates = self.router.choose(key, allowed, disallowed)
+        if not candidates:
+            if (allowed is not None or disallowed) and self.router.listeners(key):
+                raise EndpointNotFound("None of the connected listeners meet the "
+                                       "AllowedListeners/DisallowedListeners criteria")
+            if nobody is EndpointNotFound:
+                raise EndpointNotFound(f"No listeners connected for endpoint '{hc_name}'")
+            raise nobody(f"No listener is online for '{hc_name}': the request could not be routed")
+        ready = [channel for channel in candidates if not channel.backed_up]
+        if not ready:
+            raise ServerBusy(f"Every listener of '{hc_name}' is too far behind to take more; try again later")
+        return ready
+
     @staticmethod
     def id_set(header: str | None) -> set[str] | None:
         """Listener ids from an Allowed/DisallowedListeners header (None if absent)."""
@@ -360,10 +377,27 @@ class Relay:
         old, self.snapshot = self.snapshot, self.store.snapshot()
         self.tokens.clear()  # a key may have been regenerated or a rule removed
         self._announce_changes(old, self.snapshot)
-        for key in set(self.router.hc_keys()) | set(self.counters.active):
+
+        def deleted(key: str) -> bool:
             name = key.split("/", 1)[1]
             found = self.snapshot.find_hc(self.namespace, name)
-            if found is not None and found[0].name.lower() == name:
+            return found is None or found[0].name.lower() != name
+
+        # Senders and HTTP requests still waiting for a listener get their answer now, not at a timeout.
+        for secret, pending in self.router.pending_items():
+            key = pending.hc_key if isinstance(pending, Pending) else self.hc_key(pending.hc_name)
+            if not deleted(key):
+                continue
+            self.router.drop_pending(secret)
+            err = EndpointNotFound("Endpoint does not exist: the hybrid connection was deleted")
+            if isinstance(pending, Pending):
+                if pending.timer is not None:
+                    pending.timer.cancel()
+                pending.upgrade.reject(err, key)
+            else:
+                pending.fail(err)
+        for key in set(self.router.hc_keys()) | set(self.counters.active):
+            if not deleted(key):
                 continue
             reason = close_reason("The hybrid connection was deleted")
             for channel in self.router.listeners(key):

@@ -66,6 +66,10 @@ class Router(Generic[L, P]):
         """Remove and return the rendezvous for *key*: each address works once."""
         return self._pending.pop(key, None)
 
+    def pending_items(self) -> list[tuple[str, P]]:
+        """A copy of every pending rendezvous, by secret."""
+        return list(self._pending.items())
+
     def drop_pending(self, key: str) -> None:
         self._pending.pop(key, None)
 
