@@ -1,4 +1,4 @@
-"""Review findings: each xfail(strict) test demonstrates a bug in the server or protocol code."""
+"""Review findings, each once shown failing (as an xfail) and now fixed: regression tests.
 
 from __future__ import annotations
 
@@ -48,8 +48,6 @@ async def http():
 
 # -- 1. listener early data on the accept rendezvous ---------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="listener frames that arrive with its rendezvous head are forwarded "
-                                       "before the sender end is adopted (peer.transport is None): data lost")
 async def test_listener_early_data_on_rendezvous_reaches_sender(relay):
     relay.create_hc("early")
     control = await listen(relay, "early")
@@ -245,8 +243,6 @@ async def test_requests_to_a_listener_that_stops_reading_do_not_buffer_without_b
 # -- 6. oversized frames ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("relay_config", [{"max_frame_size": 4096}])
-@pytest.mark.xfail(strict=True, reason="an oversized frame is refused by picows itself: close 1009 whose reason "
-                                       "has no TrackingId (and the listener is told 'sender disconnected abruptly')")
 async def test_oversized_frame_closes_with_1009_and_tracking_id(relay):
     relay.create_hc("big")
     listener = EchoListener(await listen(relay, "big"))
@@ -326,8 +322,6 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return b1 & 0x0F, await reader.readexactly(n)
 
 
-@pytest.mark.xfail(strict=True, reason="CLOSE_TIMEOUT is a hard deadline from the first Close, not an idle "
-                                       "timeout: a half-closed connection still streaming to the closer is cut")
 async def test_half_close_keeps_relaying_while_data_flows(relay, monkeypatch):
     from hyrelay.server import pump
     monkeypatch.setattr(pump, "CLOSE_TIMEOUT", 0.5)
@@ -376,9 +370,6 @@ async def test_half_close_keeps_relaying_while_data_flows(relay, monkeypatch):
 
 # -- 10. sender gone at the last moment: the listener's rendezvous is left open ----------------------
 
-@pytest.mark.xfail(strict=True, reason="_accept(): when the sender's 101 cannot be sent, "
-                                       "listener_end.on_ws_disconnected() is called by hand but the listener's "
-                                       "socket is never closed, so it stays open forever")
 async def test_listener_rendezvous_closed_when_sender_vanished_during_accept(relay, monkeypatch):
     relay.create_hc("vanish")
     control = await listen(relay, "vanish")

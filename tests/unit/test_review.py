@@ -1,4 +1,4 @@
-"""Review findings in pure protocol code: each xfail(strict) test demonstrates a bug."""
+"""Review findings in pure protocol code, once shown failing and now fixed: regression tests."""
 
 from __future__ import annotations
 

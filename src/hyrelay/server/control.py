@@ -30,9 +30,11 @@ BACKLOG_LIMIT = 1 << 20
 class ListenerSocket(WSListener):
     """Text commands (bounded, reassembled from fragments) and response bodies from a listener."""
 
-    __slots__ = ("transport", "responses", "closed", "_text", "writable", "paused", "_drain_callbacks")
+    __slots__ = ("transport", "responses", "closed", "_text", "writable", "paused", "_drain_callbacks", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 16 << 20) -> None:
+        #: Largest frame accepted; a bigger one closes the socket with 1009 and a reason.
+        self.limit = limit
         self.transport: WSTransport | None = None
         self.responses = ResponseRouter()
         self.closed = False
@@ -47,6 +49,10 @@ class ListenerSocket(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
+        if frame.payload_size > self.limit:
+            self.close(1009, close_reason(f"A frame of {frame.payload_size} bytes is larger than the "
+                                          f"{self.limit} this relay accepts"))
+            return
         if msg_type is WSMsgType.TEXT:
             if frame.fin:
                 self._on_text(frame.get_payload_as_bytes())
@@ -159,8 +165,8 @@ class ControlChannel(ListenerSocket):
     __slots__ = ("relay", "hc_key", "hc_name", "listener_id", "peer", "since", "base_url", "_expiry")
 
     def __init__(self, relay: "Relay", hc_key: str, hc_name: str, listener_id: str,
-                 peer: tuple[str, int], base_url: str) -> None:
-        super().__init__()
+                 peer: tuple[str, int], base_url: str, limit: int = 16 << 20) -> None:
+        super().__init__(limit)
         self.relay = relay
         self.hc_key = hc_key
         self.hc_name = hc_name
@@ -206,8 +212,8 @@ class RequestRendezvous(ListenerSocket):
 
     __slots__ = ("exchange",)
 
-    def __init__(self, exchange: HttpExchange) -> None:
-        super().__init__()
+    def __init__(self, exchange: HttpExchange, limit: int = 16 << 20) -> None:
+        super().__init__(limit)
         self.exchange = exchange
         self.responses.exchanges[exchange.id] = exchange
 

@@ -29,7 +29,8 @@ def adopt(transport: asyncio.Transport, head: bytes, listener: WSListener,
     """Complete the upgrade in *head* on *transport* with a 101 carrying *headers*.
 
     *listener* receives the frames. With *ping_interval*, an idle peer is pinged and dropped
-    if it does not answer within the same interval.
+    if it does not answer within the same interval. Frames over *max_frame_size* are for the
+    listener to refuse with a reason; picows itself only drops frames far larger than that.
     """
     response = WSUpgradeResponse.create_101_response(headers)
 
@@ -39,7 +40,7 @@ def adopt(transport: asyncio.Transport, head: bytes, listener: WSListener,
     proto = WSProtocol(
         None, None, False, factory, _log, True, None,
         ping_interval is not None, ping_interval or 20.0, ping_interval or 20.0,
-        WSAutoPingStrategy.PING_WHEN_IDLE, True, max_frame_size, None, READ_BUFFER,
+        WSAutoPingStrategy.PING_WHEN_IDLE, True, max_frame_size + max(max_frame_size, 1 << 20), None, READ_BUFFER,
     )
     transport.set_protocol(proto)
     proto.connection_made(transport)

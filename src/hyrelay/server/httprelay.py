@@ -259,7 +259,7 @@ class HttpRelay:
 
     def on_rendezvous(self, up, exchange: HttpExchange) -> None:
         """The listener opened a request's rendezvous (to fetch a request or to answer one)."""
-        rendezvous = RequestRendezvous(exchange)
+        rendezvous = RequestRendezvous(exchange, self.relay.config.max_frame_size)
         if exchange.channel is not None:
             # From now on the answer comes on the rendezvous: the control channel going away (a token
             # expiry, a reconnect) must not cut it.

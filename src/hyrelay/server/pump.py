@@ -27,9 +27,10 @@ _DATA = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION)
 class PumpEnd(WSListener):
     """One side of a relayed connection; ``peer`` is the other side."""
 
-    __slots__ = ("role", "peer", "transport", "close_received", "gone", "on_finished", "_timer", "nbytes")
+    __slots__ = ("role", "peer", "transport", "close_received", "gone", "on_finished", "_timer", "nbytes",
+                 "limit", "closing", "active", "_parked")
 
-    def __init__(self, role: str) -> None:
+    def __init__(self, role: str, limit: int) -> None:
         self.role = role
         self.peer: PumpEnd | None = None
         self.transport: WSTransport | None = None
@@ -39,40 +40,79 @@ class PumpEnd(WSListener):
         self._timer: asyncio.TimerHandle | None = None
         #: Payload bytes received on this end (BytesTransferred).
         self.nbytes = 0
+        #: Largest frame relayed; a bigger one ends the connection with 1009.
+        self.limit = limit
+        #: Set once either side sent Close; ``active`` then records that data still flows.
+        self.closing = False
+        self.active = False
+        #: Frames that came before the peer's socket was ready (early data in a handshake).
+        self._parked: list[tuple[WSMsgType, bytes, bool]] | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        peer = self.peer
+        if peer is not None and peer._parked:
+            parked, peer._parked = peer._parked, None
+            for msg_type, data, fin in parked:
+                send_frame(transport, msg_type, data, fin)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
         peer = self.peer
         if msg_type in _DATA:
-            self.nbytes += frame.payload_size
-            if peer is not None and not peer.gone:
-                # The view points into picows' read buffer; send_frame copies what must outlive it.
-                send_frame(peer.transport, msg_type, frame.get_payload_as_memoryview(), frame.fin)  # type: ignore[arg-type]
+            size = frame.payload_size
+            if size > self.limit:
+                self._too_big(size)
+                return
+            self.nbytes += size
+            if self.closing:
+                self.active = True
+            if peer is None or peer.gone:
+                return
+            if peer.transport is None:  # early data: the peer's 101 is being sent right now
+                if self._parked is None:
+                    self._parked = []
+                self._parked.append((msg_type, frame.get_payload_as_bytes(), frame.fin))
+                return
+            # The view points into picows' read buffer; send_frame copies what must outlive it.
+            send_frame(peer.transport, msg_type, frame.get_payload_as_memoryview(), frame.fin)
         elif msg_type is WSMsgType.CLOSE:
             self._on_close(frame)
+
+    def _too_big(self, size: int) -> None:
+        reason = close_reason(f"A frame of {size} bytes is larger than the {self.limit} this relay accepts")
+        for end in (self, self.peer):
+            if end is not None and end.transport is not None and not end.gone:
+                end.close_received = True  # no Close exchange to wait for: both sides are told why
+                send_close(end.transport, 1009, reason)
+                end.transport.disconnect()
 
     def _on_close(self, frame: WSFrame) -> None:
         if self.close_received:
             return
         self.close_received = True
         peer = self.peer
-        if peer is None or peer.gone:
+        if peer is None or peer.gone or peer.transport is None:
             self.transport.send(WSMsgType.CLOSE, frame.get_payload_as_memoryview())  # type: ignore[union-attr]
             self.transport.disconnect()  # type: ignore[union-attr]
             return
-        peer.transport.send(WSMsgType.CLOSE, frame.get_payload_as_memoryview())  # type: ignore[union-attr]
+        peer.transport.send(WSMsgType.CLOSE, frame.get_payload_as_memoryview())
         if peer.close_received:
             self.transport.disconnect()  # type: ignore[union-attr]
-            peer.transport.disconnect()  # type: ignore[union-attr]
+            peer.transport.disconnect()
         else:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(CLOSE_TIMEOUT, self._close_timeout)
+            # Half-close: the other direction keeps flowing until the peer's Close, for as long as
+            # data moves; only a connection idle for CLOSE_TIMEOUT is cut.
+            self.closing = peer.closing = True
+            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._close_timeout)
 
     def _close_timeout(self) -> None:
-        for end in (self, self.peer):
+        peer = self.peer
+        if peer is not None and (peer.active or self.active) and not peer.gone and not self.gone:
+            peer.active = self.active = False
+            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._close_timeout)
+            return
+        for end in (self, peer):
             if end is not None and end.transport is not None and not end.gone:
                 end.transport.disconnect()
 
@@ -100,8 +140,8 @@ class PumpEnd(WSListener):
             self.peer.transport.underlying_transport.resume_reading()
 
 
-def pair() -> tuple[PumpEnd, PumpEnd]:
+def pair(limit: int) -> tuple[PumpEnd, PumpEnd]:
     """A linked (sender end, listener end) pair, before either socket is adopted."""
-    sender, listener = PumpEnd("sender"), PumpEnd("listener")
+    sender, listener = PumpEnd("sender", limit), PumpEnd("listener", limit)
     sender.peer, listener.peer = listener, sender
     return sender, listener

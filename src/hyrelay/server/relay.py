@@ -166,7 +166,8 @@ class Relay:
         given = up.target.params.get("sb-hc-id", "").split("_", 1)[0]
         listener_id = given if _SAFE_ID.fullmatch(given or "") else str(uuid.uuid4())
         key = self.hc_key(hc.name)
-        channel = ControlChannel(self, key, hc.name, listener_id, up.peer, self._base_url(up))
+        channel = ControlChannel(self, key, hc.name, listener_id, up.peer, self._base_url(up),
+                                 self.config.max_frame_size)
         limit = hc.max_listeners or self.config.max_listeners
         if not self.router.add_listener(key, channel, limit):
             raise QuotaExceeded(f"MaximumListenersPerEndpoint: '{hc.name}' already has "
@@ -268,7 +269,7 @@ class Relay:
                                 params.get("sb-hc-statusdescription") or params.get("statusdescription"))
             return
         chosen = (up.head.header("Sec-WebSocket-Protocol") or "").split(",")[0].strip()
-        sender_end, listener_end = pair()
+        sender_end, listener_end = pair(self.config.max_frame_size)
         if not up.accept(listener_end, {"Sec-WebSocket-Protocol": chosen} if chosen else None,
                          max_frame_size=self.config.max_frame_size):
             pending.upgrade.reject(BadGateway("The listener dropped its rendezvous before it completed"))
@@ -276,7 +277,11 @@ class Relay:
         to_sender = {"Sec-WebSocket-Protocol": chosen} if chosen and chosen in pending.offered else None
         if not pending.upgrade.accept(sender_end, to_sender, max_frame_size=self.config.max_frame_size):
             sender_end.gone = True
-            listener_end.on_ws_disconnected(listener_end.transport)  # type: ignore[arg-type]
+            if listener_end.transport is not None and not listener_end.gone:
+                listener_end.close_received = True
+                send_close(listener_end.transport, 1001,
+                           close_reason("The sender disconnected before the connection was accepted"))
+                listener_end.transport.disconnect()
             return
         active = self.counters.active.setdefault(pending.hc_key, set())
         active.add(sender_end)
