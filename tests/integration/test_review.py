@@ -1,4 +1,4 @@
-"""Review findings, each once shown failing (as an xfail) and now fixed: regression tests.
+"""Review findings, each once shown failing (as an xfail) and now fixed: regression tests."""
 
 from __future__ import annotations
 
