@@ -513,3 +513,15 @@ async def test_large_frames_arrive_intact_when_the_receiver_lags(relay):
     assert not bad, f"{len(bad)} of {len(payloads)} messages arrived corrupted"
     await sender.close()
     await control.close()
+
+
+@pytest.mark.parametrize("relay_config", [{"head_timeout": 0.5}])
+async def test_a_request_head_that_never_ends_gets_408(relay):
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(b"GET /$hc/x?sb-hc-action=connect HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+    reply = await asyncio.wait_for(reader.read(), 10)
+    assert reply.startswith(b"HTTP/1.1 408 ") and b"TrackingId:" in reply
+    writer.close()
+    # a complete request on another connection is unaffected
+    body = await asyncio.to_thread(raw_request, relay.port, b"GET /$health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert body.startswith(b"HTTP/1.1 200")

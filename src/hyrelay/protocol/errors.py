@@ -12,7 +12,7 @@ import uuid
 
 __all__ = [
     "RelayError", "BadRequest", "Unauthorized", "Forbidden", "QuotaExceeded", "EndpointNotFound",
-    "Gone", "RequestTooLarge", "HeadersTooLarge", "InternalError", "BadGateway", "ServerBusy", "GatewayTimeout",
+    "Gone", "RequestTimeout", "RequestTooLarge", "HeadersTooLarge", "InternalError", "BadGateway", "ServerBusy", "GatewayTimeout",
     "ProtocolViolation", "new_tracking_id", "format_reason", "safe_reason", "close_reason",
 ]
 
@@ -93,6 +93,10 @@ class EndpointNotFound(RelayError):
 
 class Gone(RelayError):
     status, close_code, code = 410, 1000, "Gone"
+
+
+class RequestTimeout(RelayError):
+    status, close_code, code = 408, 1008, "RequestTimeout"
 
 
 class RequestTooLarge(RelayError):

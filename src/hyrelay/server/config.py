@@ -26,6 +26,8 @@ class RelayConfig:
     #: Seconds a sender waits for the listener to open its rendezvous (spec §2.3: 30 s).
     accept_timeout: float = 30.0
     max_header_size: int = 16 * 1024
+    #: Seconds a new connection has to send its first request head (slow-loris guard).
+    head_timeout: float = 30.0
     max_frame_size: int = 16 << 20
     #: Seconds of silence before an idle control channel is pinged.
     ping_interval: float = 60.0

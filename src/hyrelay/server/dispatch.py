@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..protocol.addresses import HcTarget, parse_hc_target
-from ..protocol.errors import BadRequest, HeadersTooLarge, RelayError
+from ..protocol.errors import BadRequest, HeadersTooLarge, RelayError, RequestTimeout
 from . import engine
 from .handshake import Head, error_response, parse_head
 
@@ -91,7 +91,7 @@ class Upgrade:
 class Dispatch(asyncio.Protocol):
     """Reads one request head and routes the connection."""
 
-    __slots__ = ("relay", "http_factory", "max_head", "transport", "buf", "upgrade")
+    __slots__ = ("relay", "http_factory", "max_head", "transport", "buf", "upgrade", "_timer")
 
     def __init__(self, relay: "Relay", http_factory: Callable[[], asyncio.Protocol], max_head: int) -> None:
         self.relay = relay
@@ -100,9 +100,23 @@ class Dispatch(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.buf = b""
         self.upgrade: Upgrade | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._timer = asyncio.get_running_loop().call_later(self.relay.config.head_timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        # A client that never finishes its request head would hold the connection forever.
+        self._timer = None
+        if self.upgrade is None and not self.transport.is_closing():
+            self._fail(RequestTimeout(f"The request head did not arrive within "
+                                      f"{self.relay.config.head_timeout:g} seconds"))
+
+    def _head_done(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
@@ -117,6 +131,7 @@ class Dispatch(asyncio.Protocol):
             if len(buf) > self.max_head:
                 self._fail(HeadersTooLarge(f"The request head is larger than {self.max_head} bytes"))
             return
+        self._head_done()
         try:
             head = parse_head(buf[: end + 4])
         except ValueError as exc:
@@ -144,6 +159,7 @@ class Dispatch(asyncio.Protocol):
         self.buf = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
         upgrade = self.upgrade
         if upgrade is not None and not upgrade.done:
             upgrade.done = True

@@ -96,7 +96,12 @@ class PumpEnd(WSListener):
             self.transport.send(WSMsgType.CLOSE, frame.get_payload_as_memoryview())  # type: ignore[union-attr]
             self.transport.disconnect()  # type: ignore[union-attr]
             return
-        peer.transport.send(WSMsgType.CLOSE, frame.get_payload_as_memoryview())
+        payload = frame.get_payload_as_memoryview()
+        if len(payload) >= 2 and not _sendable(int.from_bytes(payload[:2], "big")):
+            # 1005, 1006, 1015 and unassigned codes must never go on the wire (RFC 6455 §7.4).
+            send_close(peer.transport, 1002, close_reason(f"The {self.role} sent an invalid close code"))
+        else:
+            peer.transport.send(WSMsgType.CLOSE, payload)
         if peer.close_received:
             self.transport.disconnect()  # type: ignore[union-attr]
             peer.transport.disconnect()
@@ -138,6 +143,10 @@ class PumpEnd(WSListener):
     def resume_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None and not self.peer.gone:
             self.peer.transport.underlying_transport.resume_reading()
+
+
+def _sendable(code: int) -> bool:
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or 3000 <= code <= 4999
 
 
 def pair(limit: int) -> tuple[PumpEnd, PumpEnd]:
