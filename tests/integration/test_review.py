@@ -393,3 +393,21 @@ async def test_listener_rendezvous_closed_when_sender_vanished_during_accept(rel
     finally:
         await rendezvous.close()
         await control.close()
+
+
+async def test_invalid_close_code_is_not_forwarded(relay):
+    relay.create_hc("badclose")
+    control = await listen(relay, "badclose")
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(_upgrade_head("/$hc/badclose?sb-hc-action=connect", relay.port,
+                               f"ServiceBusAuthorization: {relay.token('badclose')}\r\n"))
+    accept = await next_accept(control)
+    rendezvous = await ws_connect(accept["address"])
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 101")
+    writer.write(_masked_frame(0x8, struct.pack("!H", 1005)))  # 1005 may never be sent
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(rendezvous.recv(), 5)
+    # picows may drop such a sender itself (the listener then hears 1001) or hand us the frame (1002)
+    assert rendezvous.close_code in (1001, 1002) and "TrackingId:" in rendezvous.close_reason
+    writer.close()
+    await control.close()
