@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-__all__ = ["HcTarget", "parse_hc_target", "filter_query", "query_params", "build_address",
+__all__ = ["RENDEZVOUS_PARAM", "HcTarget", "parse_hc_target", "filter_query", "query_params", "build_address",
            "reject_address", "ACTIONS", "path_segments"]
 
 ACTIONS = ("listen", "accept", "connect", "request")
+#: hyrelay's own parameter carrying a rendezvous address's secret (``sb-hc-rendezvous``).
+RENDEZVOUS_PARAM = "rendezvous"
 _PREFIXES = ("/$hc/", "/%24hc/")
 
 

@@ -29,7 +29,7 @@ class HttpExchange:
     """The relay's half of one HTTP request: its response head, then its body chunks."""
 
     __slots__ = ("id", "hc_name", "secret", "head", "rendezvous", "_chunks", "_buffered", "_paused",
-                 "discard", "finished", "_ended", "bytes_in", "channel")
+                 "discard", "finished", "_ended", "bytes_in", "channel", "_whole", "_fed")
 
     def __init__(self, request_id: str, hc_name: str, secret: str) -> None:
         loop = asyncio.get_running_loop()
@@ -49,6 +49,9 @@ class HttpExchange:
         self.bytes_in = 0
         #: The control channel the request went to (a ControlChannel).
         self.channel: Any = None
+        #: A body that came whole in one frame, kept out of the queue so it can go out in one write.
+        self._whole: bytes | None = None
+        self._fed = False
 
     # -- engine side (sync callbacks) -----------------------------------------------------------
     def deliver(self, head: ResponseHead) -> None:
@@ -63,6 +66,11 @@ class HttpExchange:
             self._ended = True
         if self.discard:
             return
+        if fin and not self._fed and self._chunks.empty():
+            self._whole = data
+            self._chunks.put_nowait(None)
+            return
+        self._fed = True
         if data:
             self._chunks.put_nowait(data)
             self._buffered += len(data)
@@ -89,6 +97,14 @@ class HttpExchange:
         return self._ended
 
     # -- HTTP side ------------------------------------------------------------------------------
+    def whole_body(self) -> bytes | None:
+        """The complete body if it came in one frame that has arrived; None if it streams."""
+        if self._whole is None:
+            return None
+        whole, self._whole = self._whole, None
+        self._chunks.get_nowait()  # the end marker that followed it
+        return whole
+
     async def body(self, idle_timeout: float | None) -> AsyncIterator[bytes]:
         """The response body as it arrives; an idle gap over *idle_timeout* ends it with 504."""
         while True:
@@ -97,6 +113,9 @@ class HttpExchange:
             except asyncio.TimeoutError:
                 raise GatewayTimeout("The listener stopped sending the response body") from None
             if item is None:
+                whole, self._whole = self._whole, None  # a one-frame body that came while we waited
+                if whole:
+                    yield whole
                 return
             if isinstance(item, RelayError):
                 raise item

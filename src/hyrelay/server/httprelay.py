@@ -7,9 +7,11 @@ chunked ones go by rendezvous and stream. Responses stream back as they arrive.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
+import os
 import logging
-import secrets
 import time
 import uuid
 from http import HTTPStatus
@@ -17,8 +19,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aiohttp import web
+from multidict import CIMultiDict
 
-from ..protocol.addresses import build_address, filter_query, path_segments, query_params
+from ..protocol.addresses import RENDEZVOUS_PARAM, build_address, filter_query, path_segments, query_params
 from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, GatewayTimeout, HeadersTooLarge, InternalError,
                                RelayError,
                                RequestTooLarge, safe_reason)
@@ -104,12 +107,12 @@ class HttpRelay:
                 return web.json_response({"listeners": reached}, status=202,
                                          headers={"Hyrelay-Listeners": str(reached)})
             channel = candidates[0]
-            request_id = str(uuid.uuid4())
-            secret = secrets.token_urlsafe(24)
+            request_id, secret = _new_ids()
             exchange = HttpExchange(request_id, hc.name, secret)
             exchange.channel = channel
-            address = build_address(channel.base_url, raw_path.lstrip("/"), "", action="request",
-                                    id=request_id, rendezvous=secret)
+            # Both ids are URL-safe already: no quoting needed (this runs for every request).
+            address = (f"{channel.base_url}/$hc/{raw_path.lstrip('/')}?sb-hc-action=request"
+                       f"&sb-hc-id={request_id}&sb-hc-{RENDEZVOUS_PARAM}={secret}")
             full = HttpRequest(address, request_id, target, request.method, headers,
                                str(peer[0]) if peer else None, int(peer[1]) if peer else None)
             relay.router.add_pending(secret, exchange)
@@ -129,25 +132,32 @@ class HttpRelay:
                     raise BadGateway("The listener disconnected before the request could be delivered")
                 body_task = asyncio.create_task(self._stream_request(request, exchange, full, limit))
             timeout = self._timeout(hc.request_timeout)
+            # One timer instead of wait_for(shield(...)): it fails the exchange, which wakes us.
+            timer = (asyncio.get_running_loop().call_later(timeout, exchange.fail, GatewayTimeout(
+                "The request was routed to the listener but the listener did not respond in the required "
+                "time")) if timeout else None)
             try:
-                head = await asyncio.wait_for(asyncio.shield(exchange.head), timeout)
-            except asyncio.TimeoutError:
-                raise GatewayTimeout("The request was routed to the listener but the listener did not "
-                                     "respond in the required time") from None
+                head = await exchange.head
             finally:
+                if timer is not None:
+                    timer.cancel()
                 if body_task is not None and (not exchange.head.done() or exchange.head.exception()):
                     body_task.cancel()
-            response = web.StreamResponse(status=head.status, reason=_reason(head.status, head.description))
-            for name, value in response_headers(head.headers or {}):
-                response.headers.add(name, value)
+            headers_out = response_headers(head.headers or {})
             via = next((v for k, v in (head.headers or {}).items() if k.lower() == "via"), None)
-            response.headers["Via"] = add_via(via, request.host or relay.namespace)
+            headers_out.append(("Via", add_via(via, request.host or relay.namespace)))
             bodiless = request.method == "HEAD" or head.status in (204, 304) or head.status < 200
-            if not head.body:
-                if not bodiless:
-                    response.content_length = 0
+            whole = exchange.whole_body() if head.body else b""
+            if whole is not None:
+                # The answer is all here (the common case on the control channel): one write, with a
+                # Content-Length, instead of a chunked stream.
+                response = web.Response(status=head.status, reason=_reason(head.status, head.description),
+                                        headers=CIMultiDict(headers_out), body=None if bodiless else whole)
+                sent = 0 if bodiless else len(whole)
                 await response.prepare(request)
             else:
+                response = web.StreamResponse(status=head.status, reason=_reason(head.status, head.description),
+                                              headers=CIMultiDict(headers_out))
                 await response.prepare(request)
                 async for chunk in exchange.body(timeout):
                     if not bodiless:
@@ -302,6 +312,13 @@ def _with_body(request: HttpRequest, body: bool) -> HttpRequest:
                        request.remote_address, request.remote_port, body)
 
 
+def _new_ids() -> tuple[str, str]:
+    """A request id (a UUID4) and a rendezvous secret (128 random bits), from one system call."""
+    raw = os.urandom(32)
+    return str(uuid.UUID(bytes=raw[:16], version=4)), base64.urlsafe_b64encode(raw[16:]).rstrip(b"=").decode()
+
+
+@functools.lru_cache(maxsize=256)
 def _reason(status: int, description: str | None) -> str:
     if description:
         return safe_reason(description, 200)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
-from ..protocol.addresses import build_address, filter_query, path_segments
+from ..protocol.addresses import RENDEZVOUS_PARAM, build_address, filter_query, path_segments
 from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, Forbidden, GatewayTimeout, Gone,
                                InternalError, QuotaExceeded, RelayError, ServerBusy, close_reason, format_reason,
                                new_tracking_id, safe_reason)
@@ -36,7 +36,6 @@ __all__ = ["Relay"]
 
 _log = logging.getLogger("hyrelay.server")
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-RENDEZVOUS_PARAM = "rendezvous"
 
 
 @dataclass(slots=True)
