@@ -58,6 +58,7 @@ MAX_DRAIN = 1 << 20
 RENDEZVOUS_IDLE_TIMEOUT = 60.0
 
 _DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"via"}
+_MULTICAST = MULTICAST_HEADER.lower()
 
 
 class ClientDisconnected(ConnectionError):
@@ -116,14 +117,53 @@ class ControlLink:
         self.lock = asyncio.Lock()
 
     async def send(self, *messages: str | bytes) -> None:
-        """Send *messages* with nothing interleaved.
+        """Send *messages* with nothing interleaved (a head and its body in one socket write).
 
         Raises:
             websockets.exceptions.ConnectionClosed: the control channel is gone.
         """
         async with self.lock:
-            for message in messages:
-                await self.ws.send(message)
+            if len(messages) == 1:
+                await self.ws.send(messages[0])
+            else:
+                await send_together(self.ws, messages)
+
+
+async def send_together(ws: ClientConnection, messages: tuple[str | bytes, ...]) -> None:
+    """Send whole *messages* (``str`` as text, ``bytes`` as binary) back to back, in one socket write.
+
+    This is what ``for m in messages: await ws.send(m)`` does, minus a write (and a drain) per
+    message: the frames are built through websockets' sans-I/O protocol inside its own
+    ``send_context()``, which checks the state, waits out backpressure (drain) and turns failures
+    into ConnectionClosed exactly as ``send()`` does. Falls back to ``send()`` per message if the
+    connection does not look like websockets' asyncio connection.
+
+    Raises:
+        websockets.exceptions.ConnectionClosed: the socket is gone.
+    """
+    send_context = getattr(ws, "send_context", None)
+    transport = getattr(ws, "transport", None)
+    if send_context is None or transport is None or not hasattr(ws, "send_in_progress"):
+        for message in messages:
+            await ws.send(message)
+        return
+    # As send() does: a fragmented message in progress finishes first.
+    while ws.send_in_progress is not None:
+        await asyncio.shield(ws.send_in_progress)
+    async with send_context():
+        protocol = ws.protocol
+        for message in messages:
+            if isinstance(message, str):
+                protocol.send_text(message.encode())
+            else:
+                protocol.send_binary(message)
+        data = protocol.data_to_send()
+        if all(data):
+            # send_context() then finds nothing left to write, and drains.
+            transport.writelines(data)
+        else:
+            # An end-of-stream marker (a close in progress): leave it all to websockets' send_data().
+            protocol.writes[:0] = data
 
 
 class _DiscardLink(ControlLink):
@@ -150,6 +190,8 @@ class RequestBody:
 
     def __init__(self, source: AsyncIterator[bytes] | None = None, *, buffered: bool = False) -> None:
         self._source = source
+        #: A complete body not yet handed out (see of()): no async generator until one is needed.
+        self._data: bytes | None = None
         self._started = False
         self._done = source is None
         self._drained = 0
@@ -159,7 +201,14 @@ class RequestBody:
     @classmethod
     def of(cls, data: bytes) -> "RequestBody":
         """A body that is already complete (an inline request's)."""
-        return cls(_once(data) if data else None, buffered=True)
+        body = cls(None, buffered=True)
+        if data:
+            body._data, body._done = data, False
+        return body
+
+    def _materialize(self) -> None:
+        if self._data is not None:
+            self._source, self._data = _once(self._data), None
 
     @property
     def consumed(self) -> bool:
@@ -170,6 +219,7 @@ class RequestBody:
         if self._started:
             raise RuntimeError("the request body has already been read")
         self._started = True
+        self._materialize()
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[bytes]:
@@ -191,6 +241,16 @@ class RequestBody:
             ValueError: the body is larger than *limit* bytes.
             ClientDisconnected: the relay cut the request off.
         """
+        data = self._data
+        if data is not None and not self._started:
+            # A complete body: what iterating it would give, without the machinery.
+            self._started = True
+            if limit is not None and len(data) > limit:
+                # As the loop below leaves it: the chunk taken, the end not yet seen.
+                self._data, self._source = None, _nothing()
+                raise ValueError(f"the request body is larger than {limit} bytes")
+            self._data, self._done = None, True
+            return data
         parts: list[bytes] = []
         size = 0
         async for chunk in self:
@@ -202,6 +262,7 @@ class RequestBody:
 
     async def drain(self, limit: int) -> bool:
         """Skip what the reader left unread; False if more than *limit* bytes were left."""
+        self._materialize()
         if self._done or self._source is None:
             return True
         self._started = True
@@ -217,6 +278,11 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # makes this an async generator
+
+
 async def _ws_body(ws: ClientConnection) -> AsyncIterator[bytes]:
     """The fragments of the next (binary) message on *ws*, as they arrive."""
     try:
@@ -227,6 +293,11 @@ async def _ws_body(ws: ClientConnection) -> AsyncIterator[bytes]:
                 yield fragment
     except _WsClosed as exc:
         raise ClientDisconnected("The relay closed the rendezvous before the request body ended") from exc
+
+
+def _unquote(text: str) -> str:
+    """``unquote``, skipped when there is nothing to decode."""
+    return unquote(text) if "%" in text else text
 
 
 def split_target(target: str, entity: str) -> tuple[str, str, str]:
@@ -244,7 +315,8 @@ def split_target(target: str, entity: str) -> tuple[str, str, str]:
             pos += 1
         end = raw.find("/", pos)
         end = len(raw) if end < 0 else end
-        if unquote(raw[pos:end]).lower() != name:
+        segment = raw[pos:end]
+        if ("%" in segment and unquote(segment) or segment).lower() != name:
             return "", raw or "/", query
         pos = end
     return raw[:pos], raw[pos:] or "/", query
@@ -276,15 +348,29 @@ class RelayedRequest:
         self.method = (message.method or "GET").upper()
         self.target = message.target or "/"
         self.raw_root_path, self.raw_path, self.query = split_target(self.target, entity)
-        self.root_path = unquote(self.raw_root_path)
-        self.path = unquote(self.raw_path)
-        self.headers = Headers(message.headers or {})
+        self.root_path = _unquote(self.raw_root_path)
+        self.path = _unquote(self.raw_path)
+        self._raw_headers = message.headers
+        self._headers: Headers | None = None
         self.remote_endpoint: tuple[str, int] | None = (
             (message.remote_address, int(message.remote_port or 0)) if message.remote_address else None)
         self.has_body = bool(message.body)
         self.body = body
         self.scheme = scheme
         self.server = server
+
+    @property
+    def headers(self) -> Headers:
+        """The request headers (built on first use)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = Headers(self._raw_headers or {})
+            self._raw_headers = None
+        return headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers, self._raw_headers = value, None
 
     @property
     def query_params(self) -> dict[str, str]:
@@ -604,7 +690,7 @@ class RelayedResponse:
                 await self._stream.finish(data)
                 self._complete = True
                 return
-            body = bytes(self._buffer) + data
+            body = bytes(self._buffer) + data if self._buffer else data
             head = self._head(bool(body))  # may raise ValueError: then nothing is marked as ended
             self._buffer.clear()
             self._finished = True
@@ -619,10 +705,11 @@ class RelayedResponse:
             ws = await self._channel.rendezvous()
             self._via = "rendezvous"
             try:
-                await ws.send(head)
-                self._head_sent = True
                 if body:
-                    await ws.send(body)
+                    await send_together(ws, (head, body))
+                else:
+                    await ws.send(head)
+                self._head_sent = True
             except _WsClosed as exc:
                 raise ClientDisconnected("The rendezvous closed before the response was sent") from exc
             self._complete = True
@@ -751,7 +838,7 @@ class RequestDispatcher:
                            problem: tuple[int, str] | None = None) -> None:
         """A request that came whole on the control channel; *problem* answers it without the handler."""
         request = self._request(message, RequestBody.of(body))
-        multicast = any(name.lower() == MULTICAST_HEADER.lower() for name in message.headers or ())
+        multicast = any(name.lower() == _MULTICAST for name in message.headers or ())
         channel = _Channel(_DISCARD if multicast else control, message.address, self._connect)
         try:
             if problem is not None:

@@ -35,12 +35,18 @@ CHUNK = 64 * 1024
 _DROP_REQUEST = HOP_BY_HOP | {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
                               "x-forwarded-prefix"}
 _DROP_RESPONSE = HOP_BY_HOP | {"via"}
+#: An upstream answer with a Content-Length up to this is read whole and sent with one end().
+WHOLE_BODY = 64 * 1024
+_DEFAULT_HEADERS = ("User-Agent", "Accept-Encoding", "Accept")
 
 
-def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
-    """Header names listed in Connection (RFC 7230 §6.1): hop-by-hop as well."""
-    value = headers.get("Connection", "")
-    return {token.strip().lower() for token in value.split(",") if token.strip()}
+def _drop_set(base: frozenset[str] | set[str], headers: Mapping[str, str]) -> frozenset[str] | set[str]:
+    """*base* plus the names listed in Connection; *base* itself (no copy) when there are none."""
+    value = headers.get("Connection")
+    if not value:
+        return base
+    tokens = {token.strip().lower() for token in value.split(",") if token.strip()}
+    return base | tokens if tokens else base
 
 
 class ProxyHandler:
@@ -103,17 +109,18 @@ class ProxyHandler:
 
         X-Forwarded-For is appended to (as proxies chain it); the others are replaced.
         """
-        drop = _DROP_REQUEST | _connection_tokens(request.headers)
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in drop]
+        source = request.headers
+        drop = _drop_set(_DROP_REQUEST, source)
+        headers = [(k, v) for k, v in source.items() if k.lower() not in drop]
         client = request.remote_endpoint[0] if request.remote_endpoint else None
-        forwarded_for = request.headers.get("X-Forwarded-For")
+        forwarded_for = source.get("X-Forwarded-For")
         if client:
             forwarded_for = f"{forwarded_for}, {client}" if forwarded_for else client
         if forwarded_for:
             headers.append(("X-Forwarded-For", forwarded_for))
         # Proto and Host describe the hop into the relay; a client's own values are not trusted.
         headers.append(("X-Forwarded-Proto", request.scheme))
-        host = request.headers.get("Host")
+        host = source.get("Host")
         if host:
             headers.append(("X-Forwarded-Host", host))
         if request.root_path:
@@ -127,7 +134,7 @@ class ProxyHandler:
         data: bytes | AsyncIterator[bytes] | None = None
         if request.has_body:
             data = await request.read() if request.body.buffered else aiter(request.body)
-        skip = [name for name in ("User-Agent", "Accept-Encoding", "Accept")
+        skip = [name for name in _DEFAULT_HEADERS
                 if name not in request.headers]  # add nothing the client did not send
         try:
             upstream = await self._get_session().request(
@@ -139,17 +146,28 @@ class ProxyHandler:
         async with upstream:
             response.status = upstream.status
             response.reason = upstream.reason
-            drop = _DROP_RESPONSE | _connection_tokens(upstream.headers)
-            for name, value in upstream.headers.items():
-                if name.lower() in drop:
+            upstream_headers = upstream.headers
+            drop = _drop_set(_DROP_RESPONSE, upstream_headers)
+            add = response.headers.add
+            rewrite = self.rewrite_redirects
+            for name, value in upstream_headers.items():
+                lower = name.lower()
+                if lower in drop:
                     continue
-                if name.lower() == "location" and self.rewrite_redirects:
+                if rewrite and lower == "location":
                     value = self._rewrite_location(value, request)
-                response.headers.add(name, value)
-            media = upstream.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                add(name, value)
+            content_type = upstream_headers.get("Content-Type")
+            media = content_type.split(";")[0].strip().lower() if content_type else ""
             streaming = media in self.stream_content_types
             if streaming:
                 await response.flush()
+            elif upstream.content_length is not None and upstream.content_length <= WHOLE_BODY:
+                # Small and framed: one read, one end() (inline on the control channel if it fits).
+                # read() to EOF, not readexactly(): a HEAD or 304 answer has the length but no body;
+                # aiohttp ends the payload at Content-Length and fails a short one, as iter_chunked does.
+                await response.end(await upstream.content.read())
+                return
             # A failure from here on cuts the response: the client sees a truncated body.
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
