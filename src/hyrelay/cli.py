@@ -322,7 +322,8 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coro)
 
 
-async def _serve(config: RelayConfig, store: SqliteStore) -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, so a long-running command can stop cleanly."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -330,6 +331,11 @@ async def _serve(config: RelayConfig, store: SqliteStore) -> None:
             loop.add_signal_handler(signum, stop.set)
         except (NotImplementedError, RuntimeError, AttributeError):  # Windows: Ctrl+C only
             pass
+    return stop
+
+
+async def _serve(config: RelayConfig, store: SqliteStore) -> None:
+    stop = _stop_on_signals()
     server = RelayServer(config, store)
     await server.start()
     try:
@@ -820,13 +826,7 @@ async def _expose(cs: str, hc_name: str | None, handler: Any, count: int, flush_
                   what: str) -> None:
     from .client import HybridConnectionListener, RelayError
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError, AttributeError):  # Windows: Ctrl+C only
-            pass
+    stop = _stop_on_signals()
     try:
         made = [HybridConnectionListener(cs, entity=hc_name, request_handler=handler,
                                          response_flush_interval=flush_interval) for _ in range(count)]
