@@ -436,16 +436,21 @@ class Peer:
             return
         await self._on_message(data)
 
-    async def _on_coalesced(self, data: str | bytes) -> None:
-        """An array from a ``hyrelay.rpc.v1`` peer: independent messages, handled one by one."""
+    async def _elements(self, data: str | bytes, empty: str) -> list | None:
+        """The elements of a JSON array, or None after answering why there are none to handle."""
         try:
             elements = decode_batch(data)
         except RpcError as err:
             await self._send_quiet(encode_error(None, err.code, err.message))
-            return
+            return None
         if not elements:
-            await self._send_quiet(encode_error(None, INVALID_REQUEST, "Invalid request: an empty array"))
-        for raw in elements:
+            await self._send_quiet(encode_error(None, INVALID_REQUEST, f"Invalid request: an empty {empty}"))
+            return None
+        return elements
+
+    async def _on_coalesced(self, data: str | bytes) -> None:
+        """An array from a ``hyrelay.rpc.v1`` peer: independent messages, handled one by one."""
+        for raw in await self._elements(data, "array") or ():
             await self._on_message(raw)
 
     async def _on_message(self, data: str | bytes | msgspec.Raw) -> None:
@@ -543,13 +548,8 @@ class Peer:
             await self._send_quiet(response)
 
     async def _on_batch(self, data: str | bytes) -> None:
-        try:
-            elements = decode_batch(data)
-        except RpcError as err:
-            await self._send_quiet(encode_error(None, err.code, err.message))
-            return
-        if not elements:
-            await self._send_quiet(encode_error(None, INVALID_REQUEST, "Invalid request: an empty batch"))
+        elements = await self._elements(data, "batch")
+        if elements is None:
             return
         answers: list[asyncio.Future[bytes | None]] = []
         for raw in elements:
