@@ -140,6 +140,7 @@ def cs(relay, hc) -> str:
 
 @pytest.fixture
 async def calc(cs) -> AsyncIterator[Calculator]:
+    """The calculator served behind the relay (test_rpc_http uses it too)."""
     service = Calculator()
     async with rpc.serving(service, cs):
         yield service

@@ -16,24 +16,8 @@ from click.testing import CliRunner
 from hyrelay import rpc
 from hyrelay.cli import main
 
-from .test_rpc import GUARD, Calculator, Point, guard
-
-
-@pytest.fixture
-def hc(relay) -> str:
-    return relay.create_hc("calc")
-
-
-@pytest.fixture
-def cs(relay, hc) -> str:
-    return relay.server.connection_string(entity=hc)
-
-
-@pytest.fixture
-async def calc(cs) -> AsyncIterator[Calculator]:
-    service = Calculator()
-    async with rpc.serving(service, cs):
-        yield service
+# The calculator service and its fixtures (hc, cs, calc) are test_rpc's: pytest finds imported fixtures.
+from .test_rpc import GUARD, Calculator, Point, calc, cs, guard, hc  # noqa: F401,F811
 
 
 @pytest.fixture
