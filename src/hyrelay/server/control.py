@@ -219,7 +219,7 @@ class RequestRendezvous(ListenerSocket):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         super().on_ws_frame(transport, frame)
-        if self.exchange.body_complete and self.exchange.head.done() and not self.closed:
+        if self.exchange.body_complete and self.exchange.head_seen and not self.closed:
             self.close(1000, "")
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:

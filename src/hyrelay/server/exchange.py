@@ -1,22 +1,25 @@
 """One relayed HTTP request while it waits for, and streams, its response.
 
-Response bodies arrive as WebSocket frames in engine callbacks; the HTTP handler reads them
-as an async stream. Between the two sits a small queue that pauses the listener's socket when
-the HTTP client reads slower than the listener writes, so nothing buffers without bound.
+Response heads and bodies arrive in engine callbacks (frames on a control channel or a
+rendezvous). An :class:`HttpExchange` routes them to a :class:`ResponseSink`, whichever HTTP
+front end serves the client: the relay's own HTTP/1.1 connection writes them straight to its
+socket; :class:`ResponseQueue` turns them into an awaitable head and an async body stream for a
+coroutine. Either pauses the listener's socket while the client reads slower than the listener
+writes, so nothing buffers without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from ..protocol.errors import BadGateway, GatewayTimeout, RelayError
 from ..protocol.messages import MalformedResponse, ResponseHead, parse_response
 from .engine import WSTransport
 
-__all__ = ["HttpExchange", "ResponseRouter"]
+__all__ = ["HttpExchange", "ResponseQueue", "ResponseRouter", "ResponseSink"]
 
 _log = logging.getLogger("hyrelay.server")
 
@@ -25,47 +28,106 @@ HIGH_WATER = 1 << 20
 LOW_WATER = 256 << 10
 
 
+class ResponseSink(Protocol):
+    """Where one exchange's response goes; every method is a synchronous engine callback."""
+
+    def on_head(self, head: ResponseHead) -> None: ...
+
+    def on_body(self, data: bytes, fin: bool, source: WSTransport) -> None: ...
+
+    def on_fail(self, err: RelayError) -> None: ...
+
+    def release(self) -> None:
+        """The client went away: resume a listener socket paused on its behalf."""
+
+
 class HttpExchange:
-    """The relay's half of one HTTP request: its response head, then its body chunks."""
+    """The relay's half of one HTTP request: routes its response to a sink."""
 
-    __slots__ = ("id", "hc_name", "secret", "head", "rendezvous", "_chunks", "_buffered", "_paused",
-                 "discard", "finished", "_ended", "bytes_in", "channel", "_whole", "_fed")
+    __slots__ = ("id", "hc_name", "secret", "sink", "rendezvous", "rendezvous_waiter", "discard",
+                 "head_seen", "_ended", "bytes_in", "channel")
 
-    def __init__(self, request_id: str, hc_name: str, secret: str) -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(self, request_id: str, hc_name: str, secret: str, sink: ResponseSink) -> None:
         self.id = request_id
         self.hc_name = hc_name
         self.secret = secret
-        self.head: asyncio.Future[ResponseHead] = loop.create_future()
-        #: Set when the listener opens this request's rendezvous.
-        self.rendezvous: asyncio.Future[Any] = loop.create_future()
-        self._chunks: asyncio.Queue[bytes | RelayError | None] = asyncio.Queue()
-        self._buffered = 0
-        self._paused: WSTransport | None = None
+        self.sink = sink
+        #: The listener's rendezvous socket for this request, once it opened one (a RequestRendezvous).
+        self.rendezvous: Any = None
+        #: Called with the rendezvous (or a RelayError) by whoever streams the request over it.
+        self.rendezvous_waiter: Callable[[Any], None] | None = None
         self.discard = False
-        self.finished = False
+        self.head_seen = False
         self._ended = False
         #: Request body bytes delivered to the listener (BytesTransferred).
         self.bytes_in = 0
         #: The control channel the request went to (a ControlChannel).
         self.channel: Any = None
+
+    # -- engine side (sync callbacks) -----------------------------------------------------------
+    def deliver(self, head: ResponseHead) -> None:
+        if self.head_seen or self._ended:
+            return
+        self.head_seen = True
+        if not head.body:
+            self._ended = True
+        self.sink.on_head(head)
+
+    def feed(self, data: bytes, fin: bool, source: WSTransport) -> None:
+        """A frame of the response body arrived on *source*."""
+        if self._ended:
+            return
+        if fin:
+            self._ended = True
+        if not self.discard:
+            self.sink.on_body(data, fin, source)
+
+    def fail(self, err: RelayError) -> None:
+        """The listener side broke: a waiting client gets *err*, a streaming one is cut."""
+        if not self._ended:
+            self._ended = True
+            if not self.discard:
+                self.sink.on_fail(err)
+        self.opened(err)
+
+    def opened(self, rendezvous: Any) -> None:
+        """The listener opened this request's rendezvous (or *rendezvous* is why it never will)."""
+        if not isinstance(rendezvous, RelayError):
+            self.rendezvous = rendezvous
+        waiter, self.rendezvous_waiter = self.rendezvous_waiter, None
+        if waiter is not None:
+            waiter(rendezvous)
+
+    @property
+    def body_complete(self) -> bool:
+        return self._ended
+
+    def abandon(self) -> None:
+        """The HTTP client went away: drop whatever else the listener sends for it."""
+        if not self.discard:
+            self.discard = True
+            self.sink.release()
+
+
+class ResponseQueue:
+    """A sink for a coroutine: the head as a future, the body as an async stream."""
+
+    __slots__ = ("head", "_chunks", "_buffered", "_paused", "_whole", "_fed")
+
+    def __init__(self) -> None:
+        self.head: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
+        self._chunks: asyncio.Queue[bytes | RelayError | None] = asyncio.Queue()
+        self._buffered = 0
+        self._paused: WSTransport | None = None
         #: A body that came whole in one frame, kept out of the queue so it can go out in one write.
         self._whole: bytes | None = None
         self._fed = False
 
-    # -- engine side (sync callbacks) -----------------------------------------------------------
-    def deliver(self, head: ResponseHead) -> None:
+    def on_head(self, head: ResponseHead) -> None:
         if not self.head.done():
             self.head.set_result(head)
-        if not head.body:
-            self._ended = True
 
-    def feed(self, data: bytes, fin: bool, source: WSTransport) -> None:
-        """A frame of the response body arrived on *source*."""
-        if fin:
-            self._ended = True
-        if self.discard:
-            return
+    def on_body(self, data: bytes, fin: bool, source: WSTransport) -> None:
         if fin and not self._fed and self._chunks.empty():
             self._whole = data
             self._chunks.put_nowait(None)
@@ -80,23 +142,13 @@ class HttpExchange:
         if fin:
             self._chunks.put_nowait(None)
 
-    def fail(self, err: RelayError) -> None:
-        """The listener side broke: a waiting client gets *err*, a streaming one is cut."""
+    def on_fail(self, err: RelayError) -> None:
         if not self.head.done():
             self.head.set_exception(err)
             self.head.exception()  # retrieved here so an abandoned exchange logs no warning
-        elif not self._ended:
+        else:
             self._chunks.put_nowait(err)
-        self._ended = True
-        if not self.rendezvous.done():
-            self.rendezvous.set_exception(err)
-            self.rendezvous.exception()
 
-    @property
-    def body_complete(self) -> bool:
-        return self._ended
-
-    # -- HTTP side ------------------------------------------------------------------------------
     def whole_body(self) -> bytes | None:
         """The complete body if it came in one frame that has arrived; None if it streams."""
         if self._whole is None:
@@ -126,9 +178,7 @@ class HttpExchange:
                 self._paused = None
             yield item
 
-    def abandon(self) -> None:
-        """The HTTP client went away: drop whatever else the listener sends for it."""
-        self.discard = True
+    def release(self) -> None:
         if self._paused is not None and not self._paused.is_disconnected:
             self._paused.underlying_transport.resume_reading()
         self._paused = None
@@ -142,8 +192,6 @@ class _Discard:
 
 
 _DISCARD = _Discard()
-
-
 class ResponseRouter:
     """Matches ``response`` messages, and the one binary message after each, to exchanges."""
 

@@ -14,6 +14,8 @@ import os
 import logging
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -26,14 +28,15 @@ from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, Gateway
                                RelayError,
                                RequestTooLarge, safe_reason)
 from ..protocol.headers import MULTICAST_HEADER, add_via, request_headers, response_headers
-from ..protocol.messages import MAX_HEADER_METADATA, MAX_INLINE_REQUEST, HttpRequest, request_message
+from ..protocol.messages import MAX_HEADER_METADATA, MAX_INLINE_REQUEST, HttpRequest, ResponseHead, request_message
+from ..store.model import HybridConnection
 from .control import ControlChannel, RequestRendezvous
-from .exchange import HttpExchange
+from .exchange import HttpExchange, ResponseQueue, ResponseSink
 
 if TYPE_CHECKING:
     from .relay import Relay
 
-__all__ = ["HttpRelay"]
+__all__ = ["HttpRelay", "Route", "as_relay_error", "reason_phrase"]
 
 _log = logging.getLogger("hyrelay.server")
 _access = logging.getLogger("hyrelay.access")
@@ -44,131 +47,201 @@ CHUNK = 64 * 1024
 MULTICAST_MAX_BUFFER = 4 << 20
 
 
+@dataclass(slots=True)
+class Route:
+    """Where a relayed request goes, and what of it travels (everything checked but the body)."""
+
+    hc: HybridConnection
+    #: Listeners to try, first choice first (every listener, on a multicast hybrid connection).
+    candidates: list[ControlChannel]
+    #: The headers the listener gets (no auth material, no hop-by-hop headers).
+    headers: dict[str, str]
+    head_size: int
+    raw_path: str
+    #: The path and the query without its ``sb-hc-*`` parameters.
+    target: str
+
+
 class HttpRelay:
     """The HTTP half of the relay; shares the router and the store snapshot with :class:`Relay`."""
 
     def __init__(self, relay: "Relay") -> None:
         self.relay = relay
 
-    def _timeout(self, hc_timeout: float | None) -> float | None:
-        value = self.relay.config.request_timeout if hc_timeout is None else hc_timeout
+    def timeout(self, hc: HybridConnection) -> float | None:
+        """How long a listener may take to answer (and to go quiet while streaming); None: no limit."""
+        value = self.relay.config.request_timeout if hc.request_timeout is None else hc.request_timeout
         return value or None  # 0 means no limit
 
+    @staticmethod
+    def tracker(raw_target: str) -> tuple[str, str]:
+        """The raw path and the decoded entity path of a request target (for lookups and reasons)."""
+        raw_path = raw_target.partition("?")[0]
+        return raw_path, "/".join(unquote(s) for s in raw_path.split("/") if s)
+
+    def route(self, raw_target: str, headers: list[tuple[str, str]], get: Callable[[str], str | None],
+              content_length: int | None) -> Route:
+        """Resolve, authorize and choose a listener for a request; *get* looks up a header by lower-case name.
+
+        Raises:
+            RelayError: 404 unknown name, 401/403 token, 502 no listener, 503 all busy, 431, 413.
+        """
+        relay = self.relay
+        raw_path, _, raw_query = raw_target.partition("?")
+        decoded = "/".join(unquote(s) for s in raw_path.split("/") if s)
+        found = relay.snapshot.find_hc(relay.namespace, decoded)
+        if found is None:
+            raise EndpointNotFound(f"Endpoint does not exist: no hybrid connection matches "
+                                   f"'{safe_reason(decoded, 200)}'")
+        hc = found[0]
+        evaluated_authorization = False
+        if hc.requires_client_authorization:
+            token = get("servicebusauthorization") or query_params(raw_query).get("sb-hc-token")
+            if not token and get("authorization") is not None:
+                token, evaluated_authorization = get("authorization"), True
+            relay.authorize_sender(token, hc, path_segments(decoded))
+        key = relay.hc_key(hc.name)
+        allowed = relay.id_set(get("microsoft-relay-allowedlisteners"))
+        disallowed = relay.id_set(get("microsoft-relay-disallowedlisteners"))
+        if hc.multicast:  # every listener, even none; fan_out skips those far behind
+            candidates = relay.router.choose(key, allowed, disallowed)
+        else:
+            candidates = relay.choose(key, hc.name, allowed, disallowed, BadGateway)
+        relayed = request_headers(headers, strip_authorization=evaluated_authorization)
+        head_size = sum(len(k) + len(v) + 4 for k, v in relayed.items())
+        if head_size > MAX_HEADER_METADATA:
+            raise HeadersTooLarge(f"The request headers are {head_size} bytes; at most "
+                                  f"{MAX_HEADER_METADATA} can be relayed")
+        limit = relay.config.max_request_body
+        if limit is not None and content_length is not None and content_length > limit:
+            raise RequestTooLarge(f"The request body is {content_length} bytes; this relay accepts at most {limit}")
+        app_query = filter_query(raw_query) if raw_query else ""
+        return Route(hc, candidates, relayed, head_size, raw_path, raw_path + ("?" + app_query if app_query else ""))
+
+    def open(self, route: Route, method: str, peer: tuple | None, sink: ResponseSink, *,
+             inline_body: bytes | None) -> tuple[HttpExchange, HttpRequest]:
+        """Send a request to the first candidate: inline with *inline_body*, else as a rendezvous stub.
+
+        Returns the exchange (registered until :meth:`close`) and the full request, which a
+        rendezvous stream sends later.
+
+        Raises:
+            BadGateway: the listener's socket closed before the request went out.
+        """
+        channel = route.candidates[0]
+        request_id, secret = _new_ids()
+        exchange = HttpExchange(request_id, route.hc.name, secret, sink)
+        exchange.channel = channel
+        # Both ids are URL-safe already: no quoting needed (this runs for every request).
+        address = (f"{channel.base_url}/$hc/{route.raw_path.lstrip('/')}?sb-hc-action=request"
+                   f"&sb-hc-id={request_id}&sb-hc-{RENDEZVOUS_PARAM}={secret}")
+        full = HttpRequest(address, request_id, route.target, method, route.headers,
+                           str(peer[0]) if peer else None, int(peer[1]) if peer else None)
+        self.relay.router.add_pending(secret, exchange)
+        channel.responses.exchanges[request_id] = exchange
+        if inline_body is not None:
+            sent = channel.send_text(request_message(_with_body(full, bool(inline_body))))
+            if sent and inline_body:
+                channel.send_binary(inline_body, first=True, fin=True)  # right after its request: never interleaved
+                exchange.bytes_in = len(inline_body)
+        else:
+            sent = channel.send_text(request_message(HttpRequest(address, request_id)))
+        if not sent:
+            self.close(exchange)
+            raise BadGateway("The listener disconnected before the request could be delivered")
+        return exchange, full
+
+    def close(self, exchange: HttpExchange) -> None:
+        """Forget a finished (or failed) exchange and close its rendezvous."""
+        exchange.abandon()
+        self.relay.router.drop_pending(exchange.secret)
+        if exchange.channel is not None:
+            exchange.channel.responses.exchanges.pop(exchange.id, None)
+        if exchange.rendezvous is not None:
+            exchange.rendezvous.close(1000, "")
+
+    def multicast(self, route: Route, method: str, peer: tuple | None, body: bytes) -> int:
+        """Deliver to every listener of a multicast hybrid connection; returns how many it reached."""
+        return fan_out(route.candidates, route.raw_path, route.target, method, route.headers, peer, body)
+
+    def finished(self, hc_name: str | None, method: str, raw_path: str, status: int, started: float,
+                 nbytes: int, request: str = "", err: RelayError | None = None) -> None:
+        """Count and log one request; an unknown name is never counted (names are attacker-chosen)."""
+        if hc_name is not None:
+            self.relay.observer.http_request(hc_name, method, status, time.monotonic() - started, nbytes)
+        if err is not None:
+            _access.info("event=http_request method=%s path=%s status=%s tracking_id=%s reason=%r",
+                         method, raw_path, status, err.tracking_id, err.message)
+        elif _access.isEnabledFor(logging.INFO):
+            _access.info("event=http_request method=%s path=%s status=%s bytes=%s ms=%.1f request=%s",
+                         method, raw_path, status, nbytes, (time.monotonic() - started) * 1000, request)
+
     async def handle(self, request: web.Request, error_json) -> web.StreamResponse:
-        """Relay *request*; failures are JSON errors without ``Via`` (spec §4.9)."""
+        """Relay *request* (the aiohttp front end); failures are JSON errors without ``Via`` (spec §4.9)."""
         started = time.monotonic()
         relay = self.relay
-        raw_path, _, raw_query = request.raw_path.partition("?")
-        decoded = "/".join(unquote(s) for s in raw_path.split("/") if s)
+        raw_path, decoded = self.tracker(request.raw_path)
         tracker = f"{relay.namespace}:{decoded}"
         exchange: HttpExchange | None = None
-        channel: ControlChannel | None = None
         hc_name: str | None = None
         response: web.StreamResponse | None = None
         sent = 0
         try:
-            found = relay.snapshot.find_hc(relay.namespace, decoded)
-            if found is None:
-                raise EndpointNotFound(f"Endpoint does not exist: no hybrid connection matches "
-                                       f"'{safe_reason(decoded, 200)}'")
-            hc, _ = found
-            hc_name = hc.name
-            params = query_params(raw_query)
-            token = request.headers.get("ServiceBusAuthorization") or params.get("sb-hc-token")
-            evaluated_authorization = False
-            if hc.requires_client_authorization:
-                if not token and "Authorization" in request.headers:
-                    token, evaluated_authorization = request.headers["Authorization"], True
-                relay.authorize_sender(token, hc, path_segments(decoded))
-            key = relay.hc_key(hc.name)
-            allowed = relay.id_set(request.headers.get("Microsoft-Relay-AllowedListeners"))
-            disallowed = relay.id_set(request.headers.get("Microsoft-Relay-DisallowedListeners"))
-            if hc.multicast:  # every listener, even none; fan_out skips those far behind
-                candidates = relay.router.choose(key, allowed, disallowed)
-            else:
-                candidates = relay.choose(key, hc.name, allowed, disallowed, BadGateway)
-            headers = request_headers(request.headers.items(), strip_authorization=evaluated_authorization)
-            head_size = sum(len(k) + len(v) + 4 for k, v in headers.items())
-            if head_size > MAX_HEADER_METADATA:
-                raise HeadersTooLarge(f"The request headers are {head_size} bytes; at most "
-                                      f"{MAX_HEADER_METADATA} can be relayed")
-            limit = relay.config.max_request_body
-            length = request.content_length
-            if limit is not None and length is not None and length > limit:
-                raise RequestTooLarge(f"The request body is {length} bytes; this relay accepts at most {limit}")
+            headers = request.headers
+            route = self.route(request.raw_path, list(headers.items()), headers.get, request.content_length)
+            hc_name = route.hc.name
             peer = request.transport.get_extra_info("peername") if request.transport else None
-            app_query = filter_query(raw_query)
-            target = raw_path + ("?" + app_query if app_query else "")
-            if hc.multicast:
-                body = await self._multicast_body(request, head_size)
-                reached = fan_out(candidates, raw_path, target, request.method, headers, peer, body)
-                relay.observer.http_request(hc.name, request.method, 202, time.monotonic() - started, 0)
-                _access.info("event=http_multicast method=%s path=%s listeners=%s", request.method, raw_path, reached)
+            if route.hc.multicast:
+                reached = self.multicast(route, request.method, peer,
+                                         await self._multicast_body(request, route.head_size))
+                self.finished(hc_name, request.method, raw_path, 202, started, 0)
                 return web.json_response({"listeners": reached}, status=202,
                                          headers={"Hyrelay-Listeners": str(reached)})
-            channel = candidates[0]
-            request_id, secret = _new_ids()
-            exchange = HttpExchange(request_id, hc.name, secret)
-            exchange.channel = channel
-            # Both ids are URL-safe already: no quoting needed (this runs for every request).
-            address = (f"{channel.base_url}/$hc/{raw_path.lstrip('/')}?sb-hc-action=request"
-                       f"&sb-hc-id={request_id}&sb-hc-{RENDEZVOUS_PARAM}={secret}")
-            full = HttpRequest(address, request_id, target, request.method, headers,
-                               str(peer[0]) if peer else None, int(peer[1]) if peer else None)
-            relay.router.add_pending(secret, exchange)
-            channel.responses.exchanges[request_id] = exchange
-            chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-            inline = not chunked and head_size + (length or 0) <= MAX_INLINE_REQUEST
+            length = request.content_length
+            chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+            inline = not chunked and route.head_size + (length or 0) <= MAX_INLINE_REQUEST
+            queue = ResponseQueue()
             body_task: asyncio.Task[None] | None = None
             if inline:
-                body = await request.read() if length else b""
-                if not channel.send_text(request_message(_with_body(full, bool(body)))):
-                    raise BadGateway("The listener disconnected before the request could be delivered")
-                if body:
-                    channel.send_binary(body, first=True, fin=True)  # right after its request: never interleaved
-                    exchange.bytes_in = len(body)
+                exchange, _ = self.open(route, request.method, peer, queue,
+                                        inline_body=await request.read() if length else b"")
             else:
-                if not channel.send_text(request_message(HttpRequest(address, request_id))):
-                    raise BadGateway("The listener disconnected before the request could be delivered")
-                body_task = asyncio.create_task(self._stream_request(request, exchange, full, limit))
-            timeout = self._timeout(hc.request_timeout)
+                exchange, full = self.open(route, request.method, peer, queue, inline_body=None)
+                body_task = asyncio.create_task(self._stream_request(request, exchange, full))
+            timeout = self.timeout(route.hc)
             # One timer instead of wait_for(shield(...)): it fails the exchange, which wakes us.
             timer = (asyncio.get_running_loop().call_later(timeout, exchange.fail, GatewayTimeout(
                 "The request was routed to the listener but the listener did not respond in the required "
                 "time")) if timeout else None)
             try:
-                head = await exchange.head
+                head = await queue.head
             finally:
                 if timer is not None:
                     timer.cancel()
-                if body_task is not None and (not exchange.head.done() or exchange.head.exception()):
+                if body_task is not None and (not queue.head.done() or queue.head.exception()):
                     body_task.cancel()
             headers_out = response_headers(head.headers or {})
-            via = next((v for k, v in (head.headers or {}).items() if k.lower() == "via"), None)
-            headers_out.append(("Via", add_via(via, request.host or relay.namespace)))
+            headers_out.append(("Via", _via(head, request.host or relay.namespace)))
             bodiless = request.method == "HEAD" or head.status in (204, 304) or head.status < 200
-            whole = exchange.whole_body() if head.body else b""
+            whole = queue.whole_body() if head.body else b""
             if whole is not None:
                 # The answer is all here (the common case on the control channel): one write, with a
                 # Content-Length, instead of a chunked stream.
-                response = web.Response(status=head.status, reason=_reason(head.status, head.description),
+                response = web.Response(status=head.status, reason=reason_phrase(head.status, head.description),
                                         headers=CIMultiDict(headers_out), body=None if bodiless else whole)
                 sent = 0 if bodiless else len(whole)
                 await response.prepare(request)
             else:
-                response = web.StreamResponse(status=head.status, reason=_reason(head.status, head.description),
+                response = web.StreamResponse(status=head.status, reason=reason_phrase(head.status, head.description),
                                               headers=CIMultiDict(headers_out))
                 await response.prepare(request)
-                async for chunk in exchange.body(timeout):
+                async for chunk in queue.body(timeout):
                     if not bodiless:
                         await response.write(chunk)
                         sent += len(chunk)
             await response.write_eof()
-            relay.observer.http_request(hc.name, request.method, head.status, time.monotonic() - started,
-                                        sent + exchange.bytes_in)
-            _access.info("event=http_request method=%s path=%s status=%s bytes_out=%s ms=%.1f request=%s",
-                         request.method, raw_path, head.status, sent,
-                         (time.monotonic() - started) * 1000, exchange.id)
+            self.finished(hc_name, request.method, raw_path, head.status, started, sent + exchange.bytes_in,
+                          exchange.id)
             return response
         except ConnectionResetError:
             # The HTTP client hung up mid-response: ordinary, not an error of ours.
@@ -177,9 +250,7 @@ class HttpRelay:
                 return response  # aiohttp finishes it quietly on the closed connection
             raise asyncio.CancelledError from None  # aiohttp's quiet path for a premature disconnect
         except Exception as exc:
-            err = exc if isinstance(exc, RelayError) else InternalError("The relay failed to relay the request")
-            if not isinstance(exc, RelayError):
-                _log.exception("event=internal_error tracking_id=%s", err.tracking_id)
+            err = as_relay_error(exc)
             if response is not None and response.prepared:
                 # Headers are out: cut the connection so the client sees a truncated body, not a short one.
                 _access.warning("event=http_response_cut method=%s path=%s bytes_out=%s tracking_id=%s "
@@ -187,20 +258,11 @@ class HttpRelay:
                 if request.transport is not None:
                     request.transport.close()
                 return response
-            _access.info("event=http_request method=%s path=%s status=%s tracking_id=%s reason=%r",
-                         request.method, raw_path, err.status, err.tracking_id, err.message)
-            if hc_name is not None:  # never count unknown names: they are attacker-chosen
-                relay.observer.http_request(hc_name, request.method, err.status, time.monotonic() - started, 0)
+            self.finished(hc_name, request.method, raw_path, err.status, started, 0, err=err)
             return error_json(err, tracker)
         finally:
             if exchange is not None:
-                exchange.abandon()
-                relay.router.drop_pending(exchange.secret)
-                if channel is not None:
-                    channel.responses.exchanges.pop(exchange.id, None)
-                if exchange.rendezvous.done() and not exchange.rendezvous.exception():
-                    rendezvous: RequestRendezvous = exchange.rendezvous.result()
-                    rendezvous.close(1000, "")
+                self.close(exchange)
 
     async def _multicast_body(self, request: web.Request, head_size: int) -> bytes:
         """Read a multicast message's body; it must fit on a control channel (spec §4.3)."""
@@ -214,12 +276,24 @@ class HttpRelay:
             raise RequestTooLarge(f"Multicast messages are limited to {room} bytes of body")
         return body
 
-    async def _stream_request(self, request: web.Request, exchange: HttpExchange, full: HttpRequest,
-                              limit: int | None) -> None:
+    async def _stream_request(self, request: web.Request, exchange: HttpExchange, full: HttpRequest) -> None:
         """Send the request over the listener's rendezvous, its body as one fragmented message."""
+        limit = self.relay.config.max_request_body
+        opened: asyncio.Future[RequestRendezvous] = asyncio.get_running_loop().create_future()
+
+        def on_open(result: object) -> None:
+            if not opened.done():
+                if isinstance(result, RelayError):
+                    opened.set_exception(result)
+                else:
+                    opened.set_result(result)  # type: ignore[arg-type]
+
+        if exchange.rendezvous is not None:
+            on_open(exchange.rendezvous)
+        else:
+            exchange.rendezvous_waiter = on_open
         try:
-            rendezvous: RequestRendezvous = await asyncio.wait_for(
-                asyncio.shield(exchange.rendezvous), self.relay.config.accept_timeout)
+            rendezvous = await asyncio.wait_for(opened, self.relay.config.accept_timeout)
         except asyncio.TimeoutError:
             exchange.fail(GatewayTimeout("The listener did not open the request rendezvous in time"))
             return
@@ -275,8 +349,7 @@ class HttpRelay:
             # expiry, a reconnect) must not cut it.
             exchange.channel.responses.exchanges.pop(exchange.id, None)
         if up.accept(rendezvous, None, max_frame_size=self.relay.config.max_frame_size):
-            if not exchange.rendezvous.done():
-                exchange.rendezvous.set_result(rendezvous)
+            exchange.opened(rendezvous)
 
 
 def fan_out(listeners: list[ControlChannel], raw_path: str, target: str, method: str,
@@ -318,8 +391,22 @@ def _new_ids() -> tuple[str, str]:
     return str(uuid.UUID(bytes=raw[:16], version=4)), base64.urlsafe_b64encode(raw[16:]).rstrip(b"=").decode()
 
 
+def _via(head: ResponseHead, host: str) -> str:
+    via = next((v for k, v in (head.headers or {}).items() if k.lower() == "via"), None)
+    return add_via(via, host)
+
+
+def as_relay_error(exc: Exception) -> RelayError:
+    """*exc* itself if it is a relay error; otherwise logged, and a 500 for the client."""
+    if isinstance(exc, RelayError):
+        return exc
+    err = InternalError("The relay failed to relay the request")
+    _log.error("event=internal_error tracking_id=%s", err.tracking_id, exc_info=exc)
+    return err
+
+
 @functools.lru_cache(maxsize=256)
-def _reason(status: int, description: str | None) -> str:
+def reason_phrase(status: int, description: str | None) -> str:
     if description:
         return safe_reason(description, 200)
     with contextlib.suppress(ValueError):
