@@ -274,7 +274,8 @@ async def test_handler_that_raises_gives_500_naming_the_error(relay, base: str,
 async def test_handler_that_raises_mid_stream_cuts_the_response(relay, base: str,
                                                                 http: aiohttp.ClientSession) -> None:
     async def handler(request: RelayedRequest, response: RelayedResponse) -> None:
-        await response.write(blob(200_000))  # more than fits inline: the head is out already
+        await response.write(blob(200_000))  # more than fits inline: the head goes by rendezvous
+        await response.write(blob(200_000))  # and body bytes have reached the client
         raise RuntimeError("halfway")
 
     async with serving(relay, handler):

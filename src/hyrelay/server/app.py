@@ -99,6 +99,8 @@ class RelayServer:
             for key in list(self.relay.router.hc_keys()):
                 for channel in self.relay.router.listeners(key):
                     channel.close(1001, reason)
+            for conn in list(self.relay.http.connections):
+                conn.transport.close()  # type: ignore[attr-defined]
         if self._runner is not None:
             await self._runner.cleanup()
         if self._server is not None:

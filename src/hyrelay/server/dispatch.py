@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..protocol.addresses import HcTarget, parse_hc_target
 from ..protocol.errors import BadRequest, HeadersTooLarge, RelayError, RequestTimeout
 from . import engine
-from .handshake import Head, error_response, parse_head
+from .handshake import Head, error_response, parse_head, utc_timestamp
+from .httpconn import HttpConnection
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["Dispatch", "Upgrade"]
 
 _log = logging.getLogger("hyrelay.server")
-
-
-def utc_timestamp() -> str:
-    return time.strftime("%m/%d/%Y %I:%M:%S %p", time.gmtime())
 
 
 class Upgrade:
@@ -139,7 +135,7 @@ class Dispatch(asyncio.Protocol):
             return
         target = parse_hc_target(head.target)
         if target is None:
-            self._to_http(buf)
+            self._to_http(buf, head.target)
         elif not head.is_websocket or head.method != "GET":
             self._fail(BadRequest("The $hc endpoint accepts only WebSocket upgrades (GET with Upgrade: websocket)"))
         else:
@@ -151,8 +147,10 @@ class Dispatch(asyncio.Protocol):
         self.transport.close()
         self.buf = b""
 
-    def _to_http(self, buf: bytes) -> None:
-        proto = self.http_factory()
+    def _to_http(self, buf: bytes, target: str) -> None:
+        # Relayed paths go to the relay's own HTTP server; the relay's /$ endpoints to aiohttp.
+        proto = (self.http_factory() if target.startswith("/$")
+                 else HttpConnection(self.relay, self.http_factory, self.max_head))
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)
         proto.data_received(buf)

@@ -31,11 +31,11 @@ LOW_WATER = 256 << 10
 class ResponseSink(Protocol):
     """Where one exchange's response goes; every method is a synchronous engine callback."""
 
-    def on_head(self, head: ResponseHead) -> None: ...
+    def response_head(self, head: ResponseHead) -> None: ...
 
-    def on_body(self, data: bytes, fin: bool, source: WSTransport) -> None: ...
+    def response_body(self, data: bytes, fin: bool, source: WSTransport) -> None: ...
 
-    def on_fail(self, err: RelayError) -> None: ...
+    def response_failed(self, err: RelayError) -> None: ...
 
     def release(self) -> None:
         """The client went away: resume a listener socket paused on its behalf."""
@@ -66,12 +66,12 @@ class HttpExchange:
 
     # -- engine side (sync callbacks) -----------------------------------------------------------
     def deliver(self, head: ResponseHead) -> None:
-        if self.head_seen or self._ended:
+        if self.head_seen or self._ended or self.discard:
             return
         self.head_seen = True
         if not head.body:
             self._ended = True
-        self.sink.on_head(head)
+        self.sink.response_head(head)
 
     def feed(self, data: bytes, fin: bool, source: WSTransport) -> None:
         """A frame of the response body arrived on *source*."""
@@ -80,14 +80,14 @@ class HttpExchange:
         if fin:
             self._ended = True
         if not self.discard:
-            self.sink.on_body(data, fin, source)
+            self.sink.response_body(data, fin, source)
 
     def fail(self, err: RelayError) -> None:
         """The listener side broke: a waiting client gets *err*, a streaming one is cut."""
         if not self._ended:
             self._ended = True
             if not self.discard:
-                self.sink.on_fail(err)
+                self.sink.response_failed(err)
         self.opened(err)
 
     def opened(self, rendezvous: Any) -> None:
@@ -123,11 +123,11 @@ class ResponseQueue:
         self._whole: bytes | None = None
         self._fed = False
 
-    def on_head(self, head: ResponseHead) -> None:
+    def response_head(self, head: ResponseHead) -> None:
         if not self.head.done():
             self.head.set_result(head)
 
-    def on_body(self, data: bytes, fin: bool, source: WSTransport) -> None:
+    def response_body(self, data: bytes, fin: bool, source: WSTransport) -> None:
         if fin and not self._fed and self._chunks.empty():
             self._whole = data
             self._chunks.put_nowait(None)
@@ -142,7 +142,7 @@ class ResponseQueue:
         if fin:
             self._chunks.put_nowait(None)
 
-    def on_fail(self, err: RelayError) -> None:
+    def response_failed(self, err: RelayError) -> None:
         if not self.head.done():
             self.head.set_exception(err)
             self.head.exception()  # retrieved here so an abandoned exchange logs no warning
@@ -240,8 +240,8 @@ class ResponseRouter:
         body, self._body = self._body, None
         if isinstance(body, HttpExchange):
             body.fail(err)
-        for exchange in self.exchanges.values():
+        exchanges, self.exchanges = self.exchanges, {}  # failing one may finish it, which unregisters it
+        for exchange in exchanges.values():
             exchange.fail(err)
-        self.exchanges.clear()
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 
 import httptools
 
 from ..protocol.errors import RelayError
 
-__all__ = ["Head", "parse_head", "error_response"]
+__all__ = ["Head", "parse_head", "error_response", "utc_timestamp"]
 
 
 @dataclass(slots=True)
@@ -63,8 +64,13 @@ def parse_head(data: bytes) -> Head:
     return head
 
 
-def error_response(err: RelayError, reason: str, status: int | None = None) -> bytes:
-    """A complete ``Connection: close`` HTTP response for a failed upgrade, JSON body included.
+def utc_timestamp() -> str:
+    """The time as Azure Relay writes it in error reasons."""
+    return time.strftime("%m/%d/%Y %I:%M:%S %p", time.gmtime())
+
+
+def error_response(err: RelayError, reason: str, status: int | None = None, *, close: bool = True) -> bytes:
+    """A complete HTTP response for a refused request, JSON body included; ``Connection: close`` by default.
 
     *status* overrides the error's own, for a listener's reject passed through to its sender.
     """
@@ -74,5 +80,5 @@ def error_response(err: RelayError, reason: str, status: int | None = None) -> b
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
         f"TrackingId: {err.tracking_id}\r\n"
-        "Connection: close\r\n\r\n"
+        f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n"
     ).encode("latin-1") + body

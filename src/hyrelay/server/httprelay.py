@@ -36,7 +36,7 @@ from .exchange import HttpExchange, ResponseQueue, ResponseSink
 if TYPE_CHECKING:
     from .relay import Relay
 
-__all__ = ["HttpRelay", "Route", "as_relay_error", "reason_phrase"]
+__all__ = ["HttpRelay", "Route", "as_relay_error", "reason_phrase", "via"]
 
 _log = logging.getLogger("hyrelay.server")
 _access = logging.getLogger("hyrelay.access")
@@ -67,6 +67,8 @@ class HttpRelay:
 
     def __init__(self, relay: "Relay") -> None:
         self.relay = relay
+        #: Client connections served by the relay's own HTTP front end (closed on shutdown).
+        self.connections: set[asyncio.Protocol] = set()
 
     def timeout(self, hc: HybridConnection) -> float | None:
         """How long a listener may take to answer (and to go quiet while streaming); None: no limit."""
@@ -79,21 +81,28 @@ class HttpRelay:
         raw_path = raw_target.partition("?")[0]
         return raw_path, "/".join(unquote(s) for s in raw_path.split("/") if s)
 
-    def route(self, raw_target: str, headers: list[tuple[str, str]], get: Callable[[str], str | None],
-              content_length: int | None) -> Route:
-        """Resolve, authorize and choose a listener for a request; *get* looks up a header by lower-case name.
+    def resolve(self, decoded: str) -> HybridConnection:
+        """The hybrid connection a decoded request path names.
 
         Raises:
-            RelayError: 404 unknown name, 401/403 token, 502 no listener, 503 all busy, 431, 413.
+            EndpointNotFound: no hybrid connection matches.
+        """
+        found = self.relay.snapshot.find_hc(self.relay.namespace, decoded)
+        if found is None:
+            raise EndpointNotFound(f"Endpoint does not exist: no hybrid connection matches "
+                                   f"'{safe_reason(decoded, 200)}'")
+        return found[0]
+
+    def route(self, hc: HybridConnection, raw_target: str, headers: list[tuple[str, str]],
+              get: Callable[[str], str | None], content_length: int | None) -> Route:
+        """Authorize and choose a listener for a request to *hc*; *get* looks up a header by lower-case name.
+
+        Raises:
+            RelayError: 401/403 token, 502 no listener, 503 all busy, 431, 413.
         """
         relay = self.relay
         raw_path, _, raw_query = raw_target.partition("?")
         decoded = "/".join(unquote(s) for s in raw_path.split("/") if s)
-        found = relay.snapshot.find_hc(relay.namespace, decoded)
-        if found is None:
-            raise EndpointNotFound(f"Endpoint does not exist: no hybrid connection matches "
-                                   f"'{safe_reason(decoded, 200)}'")
-        hc = found[0]
         evaluated_authorization = False
         if hc.requires_client_authorization:
             token = get("servicebusauthorization") or query_params(raw_query).get("sb-hc-token")
@@ -188,8 +197,9 @@ class HttpRelay:
         sent = 0
         try:
             headers = request.headers
-            route = self.route(request.raw_path, list(headers.items()), headers.get, request.content_length)
-            hc_name = route.hc.name
+            hc = self.resolve(decoded)
+            hc_name = hc.name
+            route = self.route(hc, request.raw_path, list(headers.items()), headers.get, request.content_length)
             peer = request.transport.get_extra_info("peername") if request.transport else None
             if route.hc.multicast:
                 reached = self.multicast(route, request.method, peer,
@@ -221,7 +231,7 @@ class HttpRelay:
                 if body_task is not None and (not queue.head.done() or queue.head.exception()):
                     body_task.cancel()
             headers_out = response_headers(head.headers or {})
-            headers_out.append(("Via", _via(head, request.host or relay.namespace)))
+            headers_out.append(("Via", via(head, request.host or relay.namespace)))
             bodiless = request.method == "HEAD" or head.status in (204, 304) or head.status < 200
             whole = queue.whole_body() if head.body else b""
             if whole is not None:
@@ -391,7 +401,7 @@ def _new_ids() -> tuple[str, str]:
     return str(uuid.UUID(bytes=raw[:16], version=4)), base64.urlsafe_b64encode(raw[16:]).rstrip(b"=").decode()
 
 
-def _via(head: ResponseHead, host: str) -> str:
+def via(head: ResponseHead, host: str) -> str:
     via = next((v for k, v in (head.headers or {}).items() if k.lower() == "via"), None)
     return add_via(via, host)
 

@@ -1,0 +1,399 @@
+"""The relay's own HTTP/1.1 server for relayed requests: nothing between the socket and the listener.
+
+The dispatcher hands over a connection whose first request is for a hybrid connection. Requests
+whose Content-Length body fits on the control channel (nearly every API call and page load) are
+relayed from callbacks: no task, future or queue per request, and a one-frame answer goes out
+in one write. The first request that needs more (a chunked or large body, ``Expect``, an
+upgrade, the relay's own ``/$`` endpoints, the runtime entity GET) is handed, with the rest of
+the connection, to the aiohttp application, which streams request bodies over rendezvous.
+Heads are framed here and parsed by httptools (llhttp), which also validates the framing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import TYPE_CHECKING
+
+import httptools
+
+from ..protocol.errors import BadRequest, GatewayTimeout, HeadersTooLarge, RelayError, RequestTimeout
+from ..protocol.headers import response_headers
+from ..protocol.messages import MAX_INLINE_REQUEST, ResponseHead
+from .engine import WSTransport
+from .exchange import HttpExchange
+from .handshake import error_response, utc_timestamp
+from .httprelay import as_relay_error, reason_phrase, via
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+__all__ = ["HttpConnection"]
+
+_access = logging.getLogger("hyrelay.access")
+
+#: An idle keep-alive connection is closed after this many seconds (aiohttp's default too).
+KEEPALIVE = 75.0
+#: Request headers whose presence sends the connection to the aiohttp front end.
+_HANDED_OVER = frozenset({"transfer-encoding", "expect", "upgrade", "x-process-at"})
+_CRLF = b"\r\n"
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection; serves one request at a time (pipelined ones wait their turn)."""
+
+    __slots__ = ("relay", "http_factory", "max_head", "transport", "peer", "buf", "parser", "_url", "_headers",
+                 "_index", "_waiting", "exchange", "method", "raw_path", "hc_name", "started", "keep_alive",
+                 "_response", "_framing", "sent", "_timer", "_timeout", "_last", "_paused", "_writable",
+                 "_idle", "_gone", "_reading", "_status", "_tracker", "http", "_http10")
+
+    def __init__(self, relay: "Relay", http_factory: Callable[[], asyncio.Protocol], max_head: int) -> None:
+        self.relay = relay
+        self.http = relay.http
+        self.http_factory = http_factory
+        self.max_head = max_head
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.peer: tuple | None = None
+        self.buf = b""
+        self.parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        #: Lower-case header name -> first value, for the few the relay looks at.
+        self._index: dict[str, str] = {}
+        #: (head length, body length, content length given) of a head whose body has not all arrived.
+        self._waiting: tuple[int, int, bool] | None = None
+        # The request in flight.
+        self.exchange: HttpExchange | None = None
+        self.method = ""
+        self.raw_path = ""
+        self.hc_name: str | None = None
+        self.started = 0.0
+        self.keep_alive = True
+        self._response: ResponseHead | None = None  # a head waiting for its first body frame
+        self._framing = b""  # b"chunked", b"close" (HTTP/1.0 stream) or b"" (Content-Length)
+        self.sent = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeout: float | None = None
+        self._last = 0.0
+        self._paused: WSTransport | None = None  # the listener socket paused for a slow client
+        self._writable = True
+        self._idle: asyncio.TimerHandle | None = None
+        self._gone = False
+        self._reading = True
+        self._status = 0
+        self._http10 = False
+        self._tracker = ""
+
+    # -- httptools callbacks ---------------------------------------------------------------------
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        self._headers.append((key, text))
+        lower = key.lower()
+        if lower not in self._index:
+            self._index[lower] = text
+
+    def on_headers_complete(self) -> None:
+        # Read here: llhttp resets both once the message is complete.
+        self.keep_alive = self.parser.should_keep_alive()
+        self._http10 = self.parser.get_http_version() == "1.0"
+
+    # -- asyncio protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")
+        self.http.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        self._idle = loop.call_later(KEEPALIVE, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf = self.buf + data if self.buf else data
+        if self.exchange is None:
+            self._next()
+        elif len(self.buf) > self.max_head + MAX_INLINE_REQUEST and self._reading:
+            self._reading = False  # a pipelining client waits for its earlier answers
+            self.transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        self.release()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone = True
+        self.http.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+        if self.exchange is not None:
+            _access.info("event=http_client_gone method=%s path=%s bytes_out=%s", self.method, self.raw_path,
+                         self.sent)
+            self._end()
+
+    # -- requests --------------------------------------------------------------------------------
+    def _next(self) -> None:
+        """Start every complete request in the buffer, one at a time."""
+        while self.exchange is None and not self._gone and self.buf and not self.transport.is_closing():
+            buf = self.buf
+            if self._waiting is None:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0 or end + 4 > self.max_head:
+                    if len(buf) > self.max_head or end >= 0:
+                        self._refuse(HeadersTooLarge(f"The request head is larger than {self.max_head} bytes"))
+                    return
+                self._url, self._headers, self._index = b"", [], {}
+                try:
+                    self.parser.feed_data(memoryview(buf)[: end + 4])
+                except httptools.HttpParserUpgrade:
+                    self._hand_over()
+                    return
+                except httptools.HttpParserError as exc:
+                    self._refuse(BadRequest(f"Malformed HTTP request: {exc}"))
+                    return
+                declared = self._index.get("content-length")
+                try:
+                    length = int(declared) if declared is not None else 0
+                except ValueError:  # llhttp lets a list through; aiohttp refuses it properly
+                    length = MAX_INLINE_REQUEST
+                if (self._url[:2] == b"/$" or self._url[:1] != b"/" or end + 4 + length > MAX_INLINE_REQUEST
+                        or not _HANDED_OVER.isdisjoint(self._index) or self.parser.get_method() == b"CONNECT"):
+                    self._hand_over()
+                    return
+                self._waiting = (end + 4, length, declared is not None)
+            head_len, length, declared = self._waiting
+            if len(buf) < head_len + length:
+                return  # the rest of the body is on its way
+            self._waiting = None
+            body = buf[head_len:head_len + length]
+            if length:
+                self.parser.feed_data(body)  # completes the message in the parser, ready for the next
+            self.buf = buf[head_len + length:]
+            self._relay(body, length if declared else None)
+        if not self._reading and not self._gone and self.exchange is None:
+            self._reading = True
+            self.transport.resume_reading()
+
+    def _hand_over(self) -> None:
+        """Give the connection, from the request at the front of the buffer on, to aiohttp."""
+        proto = self.http_factory()
+        buf, self.buf = self.buf, b""
+        if self._idle is not None:
+            self._idle.cancel()
+        self._gone = True  # this protocol is done with the connection
+        self.http.connections.discard(self)
+        self.transport.set_protocol(proto)
+        proto.connection_made(self.transport)
+        if not self._reading:
+            self.transport.resume_reading()
+        proto.data_received(buf)
+
+    def _relay(self, body: bytes, content_length: int | None) -> None:
+        http = self.http
+        self.started = time.monotonic()
+        self.method = method = self.parser.get_method().decode()
+        target = self._url.decode("latin-1")
+        self.raw_path, decoded = http.tracker(target)
+        self._tracker = f"{self.relay.namespace}:{decoded}"
+        self.hc_name, self.sent, self._response = None, 0, None
+        try:
+            hc = http.resolve(decoded)
+            self.hc_name = hc.name
+            route = http.route(hc, target, self._headers, self._index.get, content_length)
+            if route.hc.multicast:
+                reached = http.multicast(route, method, self.peer, body)
+                self._write_json(202, "Accepted", {"listeners": reached}, f"Hyrelay-Listeners: {reached}\r\n")
+                http.finished(self.hc_name, method, self.raw_path, 202, self.started, 0)
+                return
+            self.exchange, _ = http.open(route, method, self.peer, self, inline_body=body)
+        except Exception as exc:
+            err = as_relay_error(exc)
+            http.finished(self.hc_name, method, self.raw_path, err.status, self.started, 0, err=err)
+            self._write_error(err)
+            return
+        self._timeout = timeout = http.timeout(route.hc)
+        if timeout:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._tick)
+
+    def _tick(self) -> None:
+        """The request timer: no head in time is a 504; so is a stream that went quiet that long."""
+        self._timer = None
+        exchange = self.exchange
+        if exchange is None or self._timeout is None:
+            return
+        if not exchange.head_seen:
+            exchange.fail(GatewayTimeout("The request was routed to the listener but the listener did not "
+                                         "respond in the required time"))
+            return
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last
+        if quiet >= self._timeout and self._paused is None and self._writable:
+            exchange.fail(GatewayTimeout("The listener stopped sending the response body"))
+        else:  # the client is the slow one, or data flowed meanwhile
+            self._timer = loop.call_later(max(self._timeout - quiet, 0.05), self._tick)
+
+    # -- the response (ResponseSink) -------------------------------------------------------------
+    def response_head(self, head: ResponseHead) -> None:
+        if head.body:
+            self._response = head  # framed once the first body frame shows whether it is the whole body
+            self._last = asyncio.get_running_loop().time()
+            return
+        self.transport.write(self._head(head, 0))
+        self._done(head.status)
+
+    def response_body(self, data: bytes, fin: bool, source: WSTransport) -> None:
+        head, self._response = self._response, None
+        write = self.transport.write
+        if head is not None:
+            self._status = head.status
+            if fin:  # the whole body in one frame: one write with a Content-Length
+                out = self._head(head, len(data))
+                if self._framing != b"none":
+                    out += data
+                    self.sent = len(data)
+                write(out)
+                self._done(head.status)
+                return
+            write(self._head(head, None))
+        if data and self._framing != b"none":
+            write(b"%x\r\n%b\r\n" % (len(data), data) if self._framing == b"chunked" else data)
+            self.sent += len(data)
+        if fin:
+            if self._framing == b"chunked":
+                write(b"0\r\n\r\n")
+            self._done(self._status)
+            return
+        self._last = asyncio.get_running_loop().time()
+        if not self._writable and self._paused is None:
+            self._paused = source  # the client reads slower than the listener writes
+            source.underlying_transport.pause_reading()
+
+    def response_failed(self, err: RelayError) -> None:
+        http = self.http
+        if self._framing:  # the head is out: cut the connection so the client sees a truncated body
+            _access.warning("event=http_response_cut method=%s path=%s bytes_out=%s tracking_id=%s reason=%r",
+                            self.method, self.raw_path, self.sent, err.tracking_id, err.message)
+            self.transport.close()
+            self._end()
+            return
+        http.finished(self.hc_name, self.method, self.raw_path, err.status, self.started, 0, err=err)
+        self._end()
+        self._write_error(err)
+        self._next()
+
+    def release(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None and not paused.is_disconnected:
+            paused.underlying_transport.resume_reading()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _head(self, head: ResponseHead, length: int | None) -> bytes:
+        """The status line and headers; *length* None means the body streams."""
+        status = head.status
+        lines = [f"HTTP/1.1 {status} {reason_phrase(status, head.description)}"]
+        dated = False
+        for name, value in response_headers(head.headers or {}):
+            lines.append(f"{name}: {value}")
+            dated = dated or name.lower() == "date"
+        lines.append(f"Via: {via(head, self._index.get('host') or self.relay.namespace)}")
+        if not dated:
+            lines.append(f"Date: {_http_date()}")
+        if self.method == "HEAD" or status in (204, 304):
+            self._framing = b"none"
+            if self.method == "HEAD":  # what a GET would have carried, if the listener said
+                declared = next((v for k, v in (head.headers or {}).items() if k.lower() == "content-length"), None)
+                if declared is not None and declared.isdigit():
+                    lines.append(f"Content-Length: {declared}")
+        elif length is not None:
+            self._framing = b"length"
+            lines.append(f"Content-Length: {length}")
+        elif self._http10:
+            self._framing = b"close"  # HTTP/1.0 has no chunked encoding: the end of the body is the close
+            self.keep_alive = False
+        else:
+            self._framing = b"chunked"
+            lines.append("Transfer-Encoding: chunked")
+        if not self.keep_alive:
+            lines.append("Connection: close")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode()
+
+    def _done(self, status: int) -> None:
+        """The response is complete: count it, and go on with the next request."""
+        exchange = self.exchange
+        if exchange is not None:
+            self.http.finished(self.hc_name, self.method, self.raw_path, status, self.started,
+                                     self.sent + exchange.bytes_in, exchange.id)
+        self._end()
+        if not self.keep_alive:
+            self.transport.close()
+            return
+        self._next()
+
+    def _end(self) -> None:
+        """Forget the request in flight."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            self.http.close(exchange)  # releases a paused listener socket
+        self._framing = b""
+        self._response = None
+        if not self._gone:
+            self._last = asyncio.get_running_loop().time()
+
+    def _write_error(self, err: RelayError) -> None:
+        reason = err.reason(self._tracker, utc_timestamp())
+        self.transport.write(error_response(err, reason, close=not self.keep_alive))
+        if not self.keep_alive:
+            self.transport.close()
+
+    def _write_json(self, status: int, reason: str, doc: object, extra: str = "") -> None:
+        body = json.dumps(doc).encode()
+        connection = "keep-alive" if self.keep_alive else "close"
+        self.transport.write(
+            (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+             f"Content-Length: {len(body)}\r\n{extra}Connection: {connection}\r\n\r\n").encode() + body)
+        if not self.keep_alive:
+            self.transport.close()
+
+    def _refuse(self, err: RelayError) -> None:
+        """A request the relay cannot read: answer and close (the framing is lost)."""
+        self.keep_alive = False
+        self.buf = b""
+        self._tracker = ""
+        self._write_error(err)
+        self._gone = True
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle = None
+        if self._gone:
+            return
+        quiet = loop.time() - self._last
+        if self.exchange is not None or quiet < KEEPALIVE:
+            self._idle = loop.call_later(max(KEEPALIVE - quiet, 1.0), self._check_idle)
+        elif self.buf:  # half a request, for longer than a whole one may take
+            self._refuse(RequestTimeout(f"The request did not arrive within {KEEPALIVE:g} seconds"))
+        else:
+            self.transport.close()
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The Date header's value, formatted at most once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
