@@ -201,6 +201,8 @@ def response_message(head: ResponseHead) -> str:
 
 #: An HTTP header name (RFC 7230 token).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Characters a header value cannot carry on the wire.
+_BAD_VALUE = re.compile("[\r\n\0]")
 
 
 class MalformedResponse(ProtocolViolation):
@@ -232,13 +234,14 @@ def parse_response(body: Any) -> ResponseHead:
     headers = body.get("responseHeaders") or {}
     if not isinstance(headers, dict):
         raise MalformedResponse("response.responseHeaders must be an object", request_id, has_body)
-    clean: dict[str, str] = {}
-    for name, value in headers.items():
-        value = str(value)
-        if not _TOKEN.fullmatch(str(name)) or any(c in value for c in "\r\n\0"):
-            raise MalformedResponse(f"response header {str(name)[:40]!r} is not a valid HTTP header",
-                                    request_id, has_body)
-        clean[str(name)] = value
+    clean = {name if isinstance(name, str) else str(name): value if isinstance(value, str) else str(value)
+             for name, value in headers.items()}
+    if clean and ("" in clean or not _TOKEN.fullmatch("".join(clean)) or _BAD_VALUE.search("".join(clean.values()))):
+        # Found at once for all headers; name the culprit only on this slow path.
+        for name, value in clean.items():
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                raise MalformedResponse(f"response header {name[:40]!r} is not a valid HTTP header",
+                                        request_id, has_body)
     description = body.get("statusDescription")
     return ResponseHead(request_id, status, description if isinstance(description, str) else None,
                         clean, has_body)

@@ -206,7 +206,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             hc = http.resolve(decoded)
             self.hc_name = hc.name
-            route = http.route(hc, target, self._headers, self._index.get, content_length)
+            route = http.route(hc, target, decoded, self._headers, self._index.get, content_length)
             if route.hc.multicast:
                 reached = http.multicast(route, method, self.peer, body)
                 self._write_json(202, "Accepted", {"listeners": reached}, f"Hyrelay-Listeners: {reached}\r\n")

@@ -93,16 +93,17 @@ class HttpRelay:
                                    f"'{safe_reason(decoded, 200)}'")
         return found[0]
 
-    def route(self, hc: HybridConnection, raw_target: str, headers: list[tuple[str, str]],
+    def route(self, hc: HybridConnection, raw_target: str, decoded: str, headers: list[tuple[str, str]],
               get: Callable[[str], str | None], content_length: int | None) -> Route:
         """Authorize and choose a listener for a request to *hc*; *get* looks up a header by lower-case name.
+
+        *decoded* is the target's path, percent-decoded (see :meth:`tracker`).
 
         Raises:
             RelayError: 401/403 token, 502 no listener, 503 all busy, 431, 413.
         """
         relay = self.relay
         raw_path, _, raw_query = raw_target.partition("?")
-        decoded = "/".join(unquote(s) for s in raw_path.split("/") if s)
         evaluated_authorization = False
         if hc.requires_client_authorization:
             token = get("servicebusauthorization") or query_params(raw_query).get("sb-hc-token")
@@ -199,7 +200,8 @@ class HttpRelay:
             headers = request.headers
             hc = self.resolve(decoded)
             hc_name = hc.name
-            route = self.route(hc, request.raw_path, list(headers.items()), headers.get, request.content_length)
+            route = self.route(hc, request.raw_path, decoded, list(headers.items()), headers.get,
+                               request.content_length)
             peer = request.transport.get_extra_info("peername") if request.transport else None
             if route.hc.multicast:
                 reached = self.multicast(route, request.method, peer,
@@ -398,7 +400,10 @@ def _with_body(request: HttpRequest, body: bool) -> HttpRequest:
 def _new_ids() -> tuple[str, str]:
     """A request id (a UUID4) and a rendezvous secret (128 random bits), from one system call."""
     raw = os.urandom(32)
-    return str(uuid.UUID(bytes=raw[:16], version=4)), base64.urlsafe_b64encode(raw[16:]).rstrip(b"=").decode()
+    h = raw[:16].hex()
+    # uuid.UUID(bytes=..., version=4) spelled out: this runs for every request.
+    request_id = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    return request_id, base64.urlsafe_b64encode(raw[16:]).rstrip(b"=").decode()
 
 
 def via(head: ResponseHead, host: str) -> str:

@@ -12,7 +12,7 @@ never a key, a token or a client address.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
@@ -116,20 +116,24 @@ class RelayMetrics:
                                  "Time from a relayed HTTP request's arrival to the end of its response.",
                                  labelnames=_LABELS + ("method",), buckets=_LATENCY_BUCKETS,
                                  registry=self.registry)
-        self._seen: set[tuple[str, str]] = set()
+        #: The histogram's child per (hc, method): labels() is too slow to call per request.
+        self._children: dict[tuple[str, str], Any] = {}
         relay.observer.on_http(self._observe)
 
     def _observe(self, hc: str, method: str, status: int, seconds: float) -> None:
-        method = method if method in _METHODS else "OTHER"
-        self._seen.add((hc, method))
-        self.latency.labels(self.relay.namespace, hc, method).observe(seconds)
+        label = method if method in _METHODS else "OTHER"  # methods are client-chosen: bounded labels
+        child = self._children.get((hc, label))
+        if child is None:
+            child = self._children[(hc, label)] = self.latency.labels(self.relay.namespace, hc, label)
+        child.observe(seconds)
 
     def _prune(self) -> None:
         """Drop histogram series of deleted hybrid connections (the collector skips them already)."""
         live = {hc.name for hc in self.relay.snapshot.hcs(self.relay.namespace)}
-        for hc, method in [s for s in self._seen if s[0] not in live]:
-            self._seen.discard((hc, method))
-            self.latency.remove(self.relay.namespace, hc, method)
+        gone = [key for key in self._children if key[0] not in live]
+        for hc, label in gone:
+            del self._children[(hc, label)]
+            self.latency.remove(self.relay.namespace, hc, label)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition text (or OpenMetrics if *accept* asks for it) and its content type."""

@@ -121,7 +121,8 @@ class Observer:
                 callback(hc, method, status, seconds)
             except Exception:  # an observer must never break the request it observes
                 _log.exception("event=observer_failed type=http_request")
-        self.emit("http_request", hc, method=method, status=status, ms=round(seconds * 1000, 2), bytes=nbytes)
+        if self._subscribers:  # per request: build the event only for someone
+            self.emit("http_request", hc, method=method, status=status, ms=round(seconds * 1000, 2), bytes=nbytes)
 
     def store_changed(self, what: str, hc: str = "", **data: Any) -> None:
         self.emit(what, hc, **data)
