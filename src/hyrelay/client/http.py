@@ -25,7 +25,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from multidict import CIMultiDict
@@ -103,30 +103,19 @@ async def read_message(ws: ClientConnection, text_limit: int, binary_limit: int)
     return b"".join(parts)  # type: ignore[arg-type]
 
 
-class ControlLink:
-    """A control channel socket and the lock that keeps each command next to its body.
+class ControlLink(Protocol):
+    """Where commands for the relay go: a control channel (:class:`.control.ControlSocket`).
 
     A response on the control channel is a text message and one binary message sent back to back;
     a concurrent response or ``renewToken`` must not land between the two (spec §2.2).
     """
 
-    __slots__ = ("ws", "lock")
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.lock = asyncio.Lock()
-
     async def send(self, *messages: str | bytes) -> None:
-        """Send *messages* with nothing interleaved (a head and its body in one socket write).
+        """Send *messages* with nothing interleaved.
 
         Raises:
             websockets.exceptions.ConnectionClosed: the control channel is gone.
         """
-        async with self.lock:
-            if len(messages) == 1:
-                await self.ws.send(messages[0])
-            else:
-                await send_together(self.ws, messages)
 
 
 async def send_together(ws: ClientConnection, messages: tuple[str | bytes, ...]) -> None:
@@ -166,11 +155,8 @@ async def send_together(ws: ClientConnection, messages: tuple[str | bytes, ...])
             protocol.writes[:0] = data
 
 
-class _DiscardLink(ControlLink):
+class _DiscardLink:
     """Where answers to multicast copies go: nowhere. The relay would drop them unread."""
-
-    def __init__(self) -> None:  # no socket, no lock: nothing is ever sent
-        pass
 
     async def send(self, *messages: str | bytes) -> None:
         return None

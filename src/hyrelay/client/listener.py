@@ -31,8 +31,8 @@ from ..protocol.messages import (MAX_CONTROL_MESSAGE, Accept, parse_relay_messag
 from ._endpoint import Endpoint, resolve
 from ._errors import error_from_handshake
 from .connection import MAX_FRAGMENT_SIZE, Headers, HybridConnection
-from .http import (DEFAULT_FLUSH_INTERVAL, MAX_INLINE_BODY, ControlLink, RequestDispatcher, RequestHandler, TooLarge,
-                   read_message)
+from .control import ControlSocket, open_control
+from .http import DEFAULT_FLUSH_INTERVAL, MAX_INLINE_BODY, RequestDispatcher, RequestHandler, TooLarge
 from .tokens import DEFAULT_TOKEN_LIFETIME, TokenProvider, token_provider_from_connection_string
 
 __all__ = ["HybridConnectionListener", "AcceptRequest", "ListenerEvent", "EventName"]
@@ -185,7 +185,7 @@ class HybridConnectionListener:
         self._slots: asyncio.Semaphore | None = None
         # Bounded by _slots, not by maxsize: put_nowait only ever happens with a slot held.
         self._queue: asyncio.Queue[Any] | None = None
-        self._ws: ClientConnection | None = None
+        self._ws: ControlSocket | None = None
         self._runner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepts = 0
@@ -373,27 +373,25 @@ class HybridConnectionListener:
             return None, 0
         return await self.token_provider.get_token(self.endpoint.audience, DEFAULT_TOKEN_LIFETIME)
 
-    async def _connect_control(self) -> tuple[ClientConnection, str | None, int]:
+    async def _connect_control(self) -> tuple[ControlSocket, str | None, int]:
         token, expires_at = await self._token()
         url = build_address(self.endpoint.ws_base, self.endpoint.raw_path, self.endpoint.query,
                             action="listen", id=self.listener_id)
-        try:
-            ws = await connect(
-                url, additional_headers={"ServiceBusAuthorization": token} if token else None,
-                compression=None, max_size=(None, MAX_FRAGMENT_SIZE), open_timeout=CONTROL_OPEN_TIMEOUT,
-                ping_interval=self.ping_interval, ping_timeout=self.ping_interval,
-                user_agent_header=_USER_AGENT)
-        except InvalidHandshake as exc:
-            raise error_from_handshake(exc) from None
+        headers = {"User-Agent": _USER_AGENT}
+        if token:
+            headers["ServiceBusAuthorization"] = token
+        ws = await open_control(url, headers, text_limit=MAX_CONTROL_MESSAGE, binary_limit=MAX_INLINE_BODY,
+                                ping_interval=self.ping_interval, timeout=CONTROL_OPEN_TIMEOUT,
+                                max_frame_size=MAX_FRAGMENT_SIZE)
         return ws, token, expires_at
 
-    def _went_online(self, ws: ClientConnection) -> None:
+    def _went_online(self, ws: ControlSocket) -> None:
         self._ws = ws
         self._online = True
         _log.info("event=listener_online hc=%s listener=%s", self.entity, self.listener_id)
         self._emit(ListenerEvent("online"))
 
-    async def _run(self, ws: ClientConnection, token: str | None, expires_at: int) -> None:
+    async def _run(self, ws: ControlSocket, token: str | None, expires_at: int) -> None:
         """Serve the channel; when it drops, reconnect until closed."""
         while True:
             error = await self._serve(ws, token, expires_at)
@@ -417,7 +415,7 @@ class HybridConnectionListener:
         ceiling = min(self.reconnect_max, self.reconnect_min * (2 ** min(attempt, 30)))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    async def _reconnect(self) -> tuple[ClientConnection, str | None, int] | None:
+    async def _reconnect(self) -> tuple[ControlSocket, str | None, int] | None:
         attempt = 0
         while not self._closing:
             delay = self._backoff(attempt)
@@ -458,9 +456,9 @@ class HybridConnectionListener:
                                self.entity, self.listener_id, attempt)
         return None
 
-    async def _serve(self, ws: ClientConnection, token: str | None, expires_at: int) -> BaseException | None:
+    async def _serve(self, ws: ControlSocket, token: str | None, expires_at: int) -> BaseException | None:
         """Read control messages until the channel closes; returns what ended it."""
-        link = ControlLink(ws)
+        link = ws
         renewer = asyncio.create_task(self._renew_loop(link, token, expires_at))
         try:
             while True:
@@ -478,9 +476,9 @@ class HybridConnectionListener:
         finally:
             renewer.cancel()
 
-    async def _read_control(self, ws: ClientConnection) -> str | None:
+    async def _read_control(self, ws: ControlSocket) -> str | None:
         """One control command; binary messages outside a request and oversized ones are skipped."""
-        message = await read_message(ws, MAX_CONTROL_MESSAGE, 0)
+        message = await ws.recv(MAX_CONTROL_MESSAGE, 0)
         if isinstance(message, str):
             return message
         if isinstance(message, TooLarge) and message.text:
@@ -489,7 +487,7 @@ class HybridConnectionListener:
             _log.debug("event=control_binary_ignored listener=%s", self.listener_id)
         return None
 
-    async def _on_control(self, link: ControlLink, text: str) -> None:
+    async def _on_control(self, link: ControlSocket, text: str) -> None:
         try:
             message = parse_relay_message(text)
         except ProtocolViolation as err:
@@ -516,7 +514,7 @@ class HybridConnectionListener:
             # Unknown commands are ignored, as .NET does.
             _log.debug("event=control_ignored listener=%s command=%s", self.listener_id, message.name)
 
-    async def _on_request(self, link: ControlLink, body: Any) -> None:
+    async def _on_request(self, link: ControlSocket, body: Any) -> None:
         """A relayed HTTP request: read its inline body here (it follows at once), handle it in a task."""
         try:
             request = parse_request(body)
@@ -530,7 +528,7 @@ class HybridConnectionListener:
         problem: tuple[int, str] | None = None
         follow: str | None = None
         if request.body:
-            message = await read_message(link.ws, MAX_CONTROL_MESSAGE, MAX_INLINE_BODY)
+            message = await link.recv(MAX_CONTROL_MESSAGE, MAX_INLINE_BODY)
             if isinstance(message, str):
                 # .NET calls this a protocol violation; answer the request and still obey the command.
                 _log.warning("event=request_body_missing listener=%s request=%s", self.listener_id, request.id)
@@ -552,7 +550,7 @@ class HybridConnectionListener:
         # Renew token_renew_margin before expiry; a token shorter than twice the margin at half-life.
         return max(0.0, remaining - self.token_renew_margin, remaining / 2)
 
-    async def _renew_loop(self, link: ControlLink, current: str | None, expires_at: int) -> None:
+    async def _renew_loop(self, link: ControlSocket, current: str | None, expires_at: int) -> None:
         if self.token_provider is None or current is None or expires_at <= 0:
             return
         while True:

@@ -14,6 +14,8 @@ from picows import (WSAutoPingStrategy, WSCloseCode, WSFrame, WSListener, WSMsgT
                     WSUpgradeResponse, WSUpgradeResponseWithListener)
 from picows.picows import WSProtocol
 
+from .._picows import send_close, send_frame
+
 __all__ = ["adopt", "WSFrame", "WSListener", "WSMsgType", "WSTransport", "WSCloseCode", "send_close",
            "send_frame"]
 
@@ -51,31 +53,3 @@ def adopt(transport: asyncio.Transport, head: bytes, listener: WSListener,
         buf[:n] = view[:n]
         proto.buffer_updated(n)
         view = view[n:]
-
-
-#: picows copies payloads up to this size into its own buffer before writing them.
-_COPIED_BY_PICOWS = 8192
-#: Room picows needs in front of a payload for the largest frame header.
-_HEADROOM = 14
-
-
-def send_frame(transport: WSTransport, msg_type: WSMsgType, payload: bytes | memoryview, fin: bool = True) -> None:
-    """Send one frame safely, whatever the payload's size and lifetime.
-
-    For payloads over 8 KiB picows' ``send()`` hands uvloop a view of its own reused header
-    buffer (and the caller's payload) without copying, and uvloop keeps unsent buffers by
-    reference: frames sent later would overwrite them. So large frames are built in a buffer of
-    their own, which picows writes directly and copies only if the socket cannot take it all.
-    """
-    if len(payload) <= _COPIED_BY_PICOWS:
-        transport.send(msg_type, payload, fin)
-        return
-    frame = bytearray(_HEADROOM)
-    frame += payload
-    transport.send_reuse_external_bytearray(msg_type, frame, _HEADROOM, fin)
-
-
-def send_close(transport: WSTransport, code: int, reason: str) -> None:
-    """Send a Close frame; the reason is cut to the 123 bytes a close frame allows."""
-    data = reason.encode()[:123]
-    transport.send_close(WSCloseCode(code), data)

@@ -49,7 +49,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = ("relay", "http_factory", "max_head", "transport", "peer", "buf", "parser", "_url", "_headers",
                  "_index", "_waiting", "exchange", "method", "raw_path", "hc_name", "started", "keep_alive",
                  "_response", "_framing", "sent", "_timer", "_timeout", "_last", "_paused", "_writable",
-                 "_idle", "_gone", "_reading", "_status", "_tracker", "http", "_http10")
+                 "_idle", "_gone", "_reading", "_status", "_tracker", "http", "_http10", "_loop")
 
     def __init__(self, relay: "Relay", http_factory: Callable[[], asyncio.Protocol], max_head: int) -> None:
         self.relay = relay
@@ -86,6 +86,7 @@ class HttpConnection(asyncio.Protocol):
         self._reading = True
         self._status = 0
         self._http10 = False
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._tracker = ""
 
     # -- httptools callbacks ---------------------------------------------------------------------
@@ -109,7 +110,8 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         self.http.connections.add(self)
-        loop = asyncio.get_running_loop()
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on CPython 3.11.
+        self._loop = loop = asyncio.get_running_loop()
         self._last = loop.time()
         self._idle = loop.call_later(KEEPALIVE, self._check_idle)
 
@@ -220,7 +222,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._timeout = timeout = http.timeout(route.hc)
         if timeout:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._tick)
+            self._timer = self._loop.call_later(timeout, self._tick)
 
     def _tick(self) -> None:
         """The request timer: no head in time is a 504; so is a stream that went quiet that long."""
@@ -232,7 +234,7 @@ class HttpConnection(asyncio.Protocol):
             exchange.fail(GatewayTimeout("The request was routed to the listener but the listener did not "
                                          "respond in the required time"))
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         quiet = loop.time() - self._last
         if quiet >= self._timeout and self._paused is None and self._writable:
             exchange.fail(GatewayTimeout("The listener stopped sending the response body"))
@@ -243,7 +245,7 @@ class HttpConnection(asyncio.Protocol):
     def response_head(self, head: ResponseHead) -> None:
         if head.body:
             self._response = head  # framed once the first body frame shows whether it is the whole body
-            self._last = asyncio.get_running_loop().time()
+            self._last = self._loop.time()
             return
         self.transport.write(self._head(head, 0))
         self._done(head.status)
@@ -270,7 +272,7 @@ class HttpConnection(asyncio.Protocol):
                 write(b"0\r\n\r\n")
             self._done(self._status)
             return
-        self._last = asyncio.get_running_loop().time()
+        self._last = self._loop.time()
         if not self._writable and self._paused is None:
             self._paused = source  # the client reads slower than the listener writes
             source.underlying_transport.pause_reading()
@@ -348,7 +350,7 @@ class HttpConnection(asyncio.Protocol):
         self._framing = b""
         self._response = None
         if not self._gone:
-            self._last = asyncio.get_running_loop().time()
+            self._last = self._loop.time()
 
     def _write_error(self, err: RelayError) -> None:
         reason = err.reason(self._tracker, utc_timestamp())
@@ -374,7 +376,7 @@ class HttpConnection(asyncio.Protocol):
         self._gone = True
 
     def _check_idle(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._idle = None
         if self._gone:
             return
