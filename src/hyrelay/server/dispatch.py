@@ -65,7 +65,7 @@ class Upgrade:
             transport.close()
 
     def accept(self, listener: engine.WSListener, headers: dict[str, str] | None = None,
-               ping_interval: float | None = None, max_frame_size: int = 16 << 20) -> bool:
+               ping_interval: float | None = None, max_frame_size: int = 16 << 20, coalesce: bool = False) -> bool:
         """Send 101 and hand the socket to *listener*; False if the client has gone."""
         if self.done:
             return False
@@ -75,7 +75,7 @@ class Upgrade:
             return False
         dispatch = self._dispatch
         engine.adopt(transport, dispatch.buf, listener, headers,
-                     max_frame_size=max_frame_size, ping_interval=ping_interval)
+                     max_frame_size=max_frame_size, ping_interval=ping_interval, coalesce=coalesce)
         # uvloop's transport keeps the first protocol alive after set_protocol(); let go of the
         # handshake (headers with the token, the parsed target) so an idle connection holds none of it.
         dispatch.buf = b""

@@ -14,7 +14,7 @@ from picows import (WSAutoPingStrategy, WSCloseCode, WSFrame, WSListener, WSMsgT
                     WSUpgradeResponse, WSUpgradeResponseWithListener)
 from picows.picows import WSProtocol
 
-from .._picows import send_close, send_frame
+from .._picows import CoalescingTransport, send_close, send_frame
 
 __all__ = ["adopt", "WSFrame", "WSListener", "WSMsgType", "WSTransport", "WSCloseCode", "send_close",
            "send_frame"]
@@ -27,12 +27,14 @@ READ_BUFFER = 2048
 
 def adopt(transport: asyncio.Transport, head: bytes, listener: WSListener,
           headers: dict[str, str] | None = None, *, max_frame_size: int = 16 << 20,
-          ping_interval: float | None = None) -> None:
+          ping_interval: float | None = None, coalesce: bool = False) -> None:
     """Complete the upgrade in *head* on *transport* with a 101 carrying *headers*.
 
     *listener* receives the frames. With *ping_interval*, an idle peer is pinged and dropped
     if it does not answer within the same interval. Frames over *max_frame_size* are for the
     listener to refuse with a reason; picows itself only drops frames far larger than that.
+    With *coalesce*, what one event-loop iteration writes goes out in one system call (for
+    control channels, which carry many small frames).
     """
     response = WSUpgradeResponse.create_101_response(headers)
 
@@ -45,7 +47,7 @@ def adopt(transport: asyncio.Transport, head: bytes, listener: WSListener,
         WSAutoPingStrategy.PING_WHEN_IDLE, True, max_frame_size + max(max_frame_size, 1 << 20), None, READ_BUFFER,
     )
     transport.set_protocol(proto)
-    proto.connection_made(transport)
+    proto.connection_made(CoalescingTransport(transport, asyncio.get_running_loop()) if coalesce else transport)
     view = memoryview(head)
     while view:
         buf = proto.get_buffer(len(view))

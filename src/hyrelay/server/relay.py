@@ -171,7 +171,7 @@ class Relay:
         if not self.router.add_listener(key, channel, limit):
             raise QuotaExceeded(f"MaximumListenersPerEndpoint: '{hc.name}' already has "
                                 f"{limit} listeners, the most it allows")
-        if not up.accept(channel, None, self.config.ping_interval, self.config.max_frame_size):
+        if not up.accept(channel, None, self.config.ping_interval, self.config.max_frame_size, coalesce=True):
             self.router.remove_listener(key, channel)
             return
         channel.expire_at(token.expires_at + self.config.token_grace)
