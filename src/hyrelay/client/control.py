@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
-from picows import WSError, WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSAutoPingStrategy, WSError, WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport
+from picows.picows import WSProtocol
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import Close
 
-from .._picows import send_close, send_frame
+from .._picows import CoalescingTransport, send_close, send_frame
 from ..protocol.errors import BadGateway, RelayError
 from ._errors import error_from_status
 from .http import TooLarge
 
 __all__ = ["ControlSocket", "open_control"]
+
+_log = logging.getLogger("hyrelay.client.control")
 
 #: Stop reading from the relay while this many messages wait to be taken.
 _BACKLOG = 256
@@ -204,17 +210,34 @@ async def open_control(url: str, headers: dict[str, str], *, text_limit: int, bi
         RelayError: the relay refused the upgrade (its status and reason phrase kept).
         OSError, TimeoutError: the relay cannot be reached.
     """
+    # What picows' ws_connect() does for a direct connection, except that the protocol is handed a
+    # CoalescingTransport: a response's head and body frames, and the answers to every request
+    # handled in the same loop iteration, then leave in one system call.
+    parts = urlsplit(url)
+    secure = parts.scheme in ("wss", "https")
+    loop = asyncio.get_running_loop()
+    transport, _ = await asyncio.wait_for(loop.create_connection(
+        asyncio.Protocol, parts.hostname, parts.port or (443 if secure else 80),
+        ssl=ssl.create_default_context() if secure else None), timeout)
+    protocol = WSProtocol(
+        parts.netloc, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), True,
+        lambda: ControlSocket(text_limit, binary_limit), _log, True, timeout, ping_interval is not None,
+        ping_interval or 20.0, ping_interval or 20.0, WSAutoPingStrategy.PING_WHEN_IDLE, True, max_frame_size,
+        headers, 16 * 1024)
+    transport.set_protocol(protocol)
+    protocol.connection_made(CoalescingTransport(transport, loop))  # type: ignore[arg-type]
     try:
-        _, listener = await ws_connect(
-            lambda: ControlSocket(text_limit, binary_limit), url, extra_headers=headers,
-            websocket_handshake_timeout=timeout, enable_auto_ping=ping_interval is not None,
-            auto_ping_idle_timeout=ping_interval or 20.0, auto_ping_reply_timeout=ping_interval or 20.0,
-            max_frame_size=max_frame_size, logger_name="hyrelay.client.control")
+        await protocol.wait_until_handshake_complete()
     except WSHandshakeError as exc:
+        transport.abort()
         raise _refusal(exc) from None
     except WSError as exc:
+        transport.abort()
         raise BadGateway(f"The relay answered the WebSocket upgrade incorrectly: {exc}") from None
-    return listener  # type: ignore[return-value]
+    except BaseException:
+        transport.abort()
+        raise
+    return protocol.listener  # type: ignore[return-value]
 
 
 def _refusal(exc: WSHandshakeError) -> RelayError:
