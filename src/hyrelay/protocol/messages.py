@@ -12,6 +12,9 @@ from .errors import ProtocolViolation
 __all__ = ["accept_message", "RenewToken", "ListenerMessage", "parse_listener_message", "MAX_CONTROL_MESSAGE",
            "Accept", "RelayCommand", "parse_relay_message", "renew_token_message"]
 
+#: Compact JSON, UTF-8 left as is; one encoder for every message (json.dumps with options builds one per call).
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 #: The .NET listener reads control messages into a 64 KiB buffer (spec §2.2); we hold listeners to the same.
 MAX_CONTROL_MESSAGE = 64 * 1024
 
@@ -19,11 +22,9 @@ MAX_CONTROL_MESSAGE = 64 * 1024
 def accept_message(address: str, connection_id: str, connect_headers: dict[str, str],
                    remote_address: str, remote_port: int) -> str:
     """The ``accept`` message that tells a listener a sender is waiting at *address*."""
-    return json.dumps(
+    return _encode(
         {"accept": {"address": address, "id": connection_id, "connectHeaders": connect_headers,
-                    "remoteEndpoint": {"address": remote_address, "port": remote_port}}},
-        separators=(",", ":"), ensure_ascii=False,
-    )
+                    "remoteEndpoint": {"address": remote_address, "port": remote_port}}})
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,7 @@ def parse_relay_message(text: str) -> Accept | RelayCommand:
 
 def renew_token_message(token: str) -> str:
     """The ``renewToken`` message; the token travels as the plain header value (spec §2.7)."""
-    return json.dumps({"renewToken": {"token": token}}, separators=(",", ":"), ensure_ascii=False)
+    return _encode({"renewToken": {"token": token}})
 
 
 # -- HTTP over the control channel and rendezvous (spec §4.4–§4.6) --------------------------------
@@ -154,7 +155,7 @@ def request_message(request: HttpRequest) -> str:
             doc["remoteEndpoint"] = {"address": request.remote_address, "port": request.remote_port}
         doc["requestHeaders"] = request.headers or {}
         doc["body"] = bool(request.body)
-    return json.dumps({"request": doc}, separators=(",", ":"), ensure_ascii=False)
+    return _encode({"request": doc})
 
 
 def parse_request(body: Any) -> HttpRequest:
@@ -196,7 +197,7 @@ def response_message(head: ResponseHead) -> str:
         doc["statusDescription"] = head.description
     doc["responseHeaders"] = head.headers or {}
     doc["body"] = head.body
-    return json.dumps({"response": doc}, separators=(",", ":"), ensure_ascii=False)
+    return _encode({"response": doc})
 
 
 #: An HTTP header name (RFC 7230 token).
