@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
-__all__ = ["AUTH_HEADERS", "HOP_BY_HOP", "MULTICAST_HEADER", "connect_headers", "request_headers", "response_headers", "add_via"]
+__all__ = ["AUTH_HEADERS", "HOP_BY_HOP", "MULTICAST_HEADER", "connect_headers", "request_headers", "response_headers", "ResponseHeaders", "add_via"]
 
 #: Marks a request the relay delivered to every listener of a multicast hybrid connection: its
 #: answer is read by nobody, so a listener need not send one.
@@ -58,9 +59,34 @@ def request_headers(headers: Iterable[tuple[str, str]], *, strip_authorization: 
     return _joined(headers, drop)
 
 
-def response_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
-    """A listener's response headers minus the hop-by-hop ones the relay frames itself."""
-    return [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "via"]
+class ResponseHeaders(NamedTuple):
+    """A listener's response headers, sorted out in one pass for the relay's response head."""
+
+    #: What passes on: everything but the hop-by-hop headers the relay frames itself, and Via.
+    kept: list[tuple[str, str]]
+    #: The listener's own Via, which the relay extends.
+    via: str | None
+    #: The listener's Content-Length: dropped, but what a HEAD answer may repeat.
+    content_length: str | None
+    has_date: bool
+
+
+def response_headers(headers: dict[str, str]) -> ResponseHeaders:
+    """Sort a listener's response headers (see :class:`ResponseHeaders`)."""
+    kept: list[tuple[str, str]] = []
+    via = length = None
+    dated = False
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == "content-length":
+                length = value
+        elif lower == "via":
+            via = value
+        else:
+            dated = dated or lower == "date"
+            kept.append((name, value))
+    return ResponseHeaders(kept, via, length, dated)
 
 
 def add_via(existing: str | None, host: str) -> str:

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 import httptools
 
 from ..protocol.errors import BadRequest, GatewayTimeout, HeadersTooLarge, RelayError, RequestTimeout
-from ..protocol.headers import response_headers
+from ..protocol.headers import ResponseHeaders, add_via, response_headers
 from ..protocol.messages import MAX_INLINE_REQUEST, ResponseHead
 from .engine import WSTransport
 from .exchange import HttpExchange
 from .handshake import error_response, utc_timestamp
-from .httprelay import as_relay_error, reason_phrase, via
+from .httprelay import as_relay_error, reason_phrase
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -40,7 +40,7 @@ _access = logging.getLogger("hyrelay.access")
 KEEPALIVE = 75.0
 #: Request headers whose presence sends the connection to the aiohttp front end.
 _HANDED_OVER = frozenset({"transfer-encoding", "expect", "upgrade", "x-process-at"})
-_CRLF = b"\r\n"
+_NO_HEADERS = ResponseHeaders([], None, None, False)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -300,19 +300,16 @@ class HttpConnection(asyncio.Protocol):
         """The status line and headers; *length* None means the body streams."""
         status = head.status
         lines = [f"HTTP/1.1 {status} {reason_phrase(status, head.description)}"]
-        dated = False
-        for name, value in response_headers(head.headers or {}):
-            lines.append(f"{name}: {value}")
-            dated = dated or name.lower() == "date"
-        lines.append(f"Via: {via(head, self._index.get('host') or self.relay.namespace)}")
-        if not dated:
+        sorted_out = response_headers(head.headers) if head.headers else _NO_HEADERS
+        lines.extend(f"{name}: {value}" for name, value in sorted_out.kept)
+        lines.append(f"Via: {add_via(sorted_out.via, self._index.get('host') or self.relay.namespace)}")
+        if not sorted_out.has_date:
             lines.append(f"Date: {_http_date()}")
         if self.method == "HEAD" or status in (204, 304):
             self._framing = b"none"
-            if self.method == "HEAD":  # what a GET would have carried, if the listener said
-                declared = next((v for k, v in (head.headers or {}).items() if k.lower() == "content-length"), None)
-                if declared is not None and declared.isdigit():
-                    lines.append(f"Content-Length: {declared}")
+            declared = sorted_out.content_length
+            if self.method == "HEAD" and declared is not None and declared.isdigit():
+                lines.append(f"Content-Length: {declared}")  # what a GET would have carried
         elif length is not None:
             self._framing = b"length"
             lines.append(f"Content-Length: {length}")

@@ -28,7 +28,7 @@ from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, Gateway
                                RelayError,
                                RequestTooLarge, safe_reason)
 from ..protocol.headers import MULTICAST_HEADER, add_via, request_headers, response_headers
-from ..protocol.messages import MAX_HEADER_METADATA, MAX_INLINE_REQUEST, HttpRequest, ResponseHead, request_message
+from ..protocol.messages import MAX_HEADER_METADATA, MAX_INLINE_REQUEST, HttpRequest, request_message
 from ..store.model import HybridConnection
 from .control import ControlChannel, RequestRendezvous
 from .exchange import HttpExchange, ResponseQueue, ResponseSink
@@ -36,7 +36,7 @@ from .exchange import HttpExchange, ResponseQueue, ResponseSink
 if TYPE_CHECKING:
     from .relay import Relay
 
-__all__ = ["HttpRelay", "Route", "as_relay_error", "reason_phrase", "via"]
+__all__ = ["HttpRelay", "Route", "as_relay_error", "reason_phrase"]
 
 _log = logging.getLogger("hyrelay.server")
 _access = logging.getLogger("hyrelay.access")
@@ -79,6 +79,8 @@ class HttpRelay:
     def tracker(raw_target: str) -> tuple[str, str]:
         """The raw path and the decoded entity path of a request target (for lookups and reasons)."""
         raw_path = raw_target.partition("?")[0]
+        if "%" not in raw_path and "//" not in raw_path:
+            return raw_path, raw_path.strip("/")  # the common case, without a split and a join
         return raw_path, "/".join(unquote(s) for s in raw_path.split("/") if s)
 
     def resolve(self, decoded: str) -> HybridConnection:
@@ -232,8 +234,8 @@ class HttpRelay:
                     timer.cancel()
                 if body_task is not None and (not queue.head.done() or queue.head.exception()):
                     body_task.cancel()
-            headers_out = response_headers(head.headers or {})
-            headers_out.append(("Via", via(head, request.host or relay.namespace)))
+            sorted_out = response_headers(head.headers or {})
+            headers_out = [*sorted_out.kept, ("Via", add_via(sorted_out.via, request.host or relay.namespace))]
             bodiless = request.method == "HEAD" or head.status in (204, 304) or head.status < 200
             whole = queue.whole_body() if head.body else b""
             if whole is not None:
@@ -423,11 +425,6 @@ def _new_ids() -> tuple[str, str]:
     # uuid.UUID(bytes=..., version=4) spelled out: this runs for every request.
     request_id = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
     return request_id, base64.urlsafe_b64encode(raw[16:]).rstrip(b"=").decode()
-
-
-def via(head: ResponseHead, host: str) -> str:
-    via = next((v for k, v in (head.headers or {}).items() if k.lower() == "via"), None)
-    return add_via(via, host)
 
 
 def as_relay_error(exc: Exception) -> RelayError:

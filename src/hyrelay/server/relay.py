@@ -346,7 +346,10 @@ class Relay:
 
     def choose(self, key: str, hc_name: str, allowed: set[str] | None, disallowed: set[str] | None,
                nobody: type[RelayError]) -> list[ControlChannel]:
-        """Listeners to try, in random order; those too far behind are left out.
+        """Listeners to try, the first chosen at random among those not too far behind.
+
+        The rest follow as fallbacks in case the first turns out to be gone; their backlog is
+        not looked at (most requests never need them).
 
         Raises:
             EndpointNotFound: the Allowed/DisallowedListeners headers leave nobody (spec §1.6).
@@ -361,10 +364,10 @@ class Relay:
             if nobody is EndpointNotFound:
                 raise EndpointNotFound(f"No listeners connected for endpoint '{hc_name}'")
             raise nobody(f"No listener is online for '{hc_name}': the request could not be routed")
-        ready = [channel for channel in candidates if not channel.backed_up]
-        if not ready:
-            raise ServerBusy(f"Every listener of '{hc_name}' is too far behind to take more; try again later")
-        return ready
+        for i, channel in enumerate(candidates):
+            if not channel.backed_up:
+                return candidates[i:] + candidates[:i]
+        raise ServerBusy(f"Every listener of '{hc_name}' is too far behind to take more; try again later")
 
     @staticmethod
     def id_set(header: str | None) -> set[str] | None:
