@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -286,6 +287,11 @@ def _unquote(text: str) -> str:
     return unquote(text) if "%" in text else text
 
 
+@functools.lru_cache(maxsize=64)
+def _segments(entity: str) -> tuple[str, ...]:
+    return tuple(s.lower() for s in entity.split("/") if s)
+
+
 def split_target(target: str, entity: str) -> tuple[str, str, str]:
     """Split a request target into (raw prefix naming the hybrid connection, raw rest, raw query).
 
@@ -294,7 +300,7 @@ def split_target(target: str, entity: str) -> tuple[str, str, str]:
     whole path and an empty prefix.
     """
     raw, _, query = target.partition("?")
-    names = [s.lower() for s in entity.split("/") if s]
+    names = _segments(entity)
     pos = 0
     for name in names:
         while pos < len(raw) and raw[pos] == "/":

@@ -21,6 +21,10 @@ HOP_BY_HOP = frozenset({
 })
 
 
+_NOT_RELAYED = AUTH_HEADERS | HOP_BY_HOP
+_NOT_RELAYED_WITH_AUTHORIZATION = _NOT_RELAYED | {"authorization"}
+
+
 def _joined(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> dict[str, str]:
     """Headers as a flat map: original casing of the first occurrence, repeats joined with ', '."""
     result: dict[str, str] = {}
@@ -53,10 +57,8 @@ def request_headers(headers: Iterable[tuple[str, str]], *, strip_authorization: 
     # listener could not tell, so they are dropped here.
     named = {token.strip().lower() for name, value in headers if name.lower() == "connection"
              for token in value.split(",") if token.strip()}
-    drop = AUTH_HEADERS | HOP_BY_HOP | named
-    if strip_authorization:
-        drop = drop | {"authorization"}
-    return _joined(headers, drop)
+    drop = _NOT_RELAYED_WITH_AUTHORIZATION if strip_authorization else _NOT_RELAYED
+    return _joined(headers, drop | named if named else drop)
 
 
 class ResponseHeaders(NamedTuple):

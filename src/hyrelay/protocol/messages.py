@@ -34,7 +34,7 @@ class RenewToken:
     token: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and a frozen __init__ costs ~5x
 class ListenerMessage:
     """Any other JSON command from a listener (``response`` for HTTP, unknown ones to ignore)."""
 
@@ -82,7 +82,7 @@ class Accept:
     remote_port: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and a frozen __init__ costs ~5x
 class RelayCommand:
     """Any other JSON command from the relay (``request`` for HTTP, unknown ones to ignore)."""
 
@@ -126,7 +126,7 @@ MAX_INLINE_REQUEST = 64 * 1024
 MAX_HEADER_METADATA = 32 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and a frozen __init__ costs ~5x
 class HttpRequest:
     """``{"request":{...}}``: a full request (``method`` and ``body`` present) or a rendezvous stub."""
 
@@ -170,16 +170,22 @@ def parse_request(body: Any) -> HttpRequest:
     headers = body.get("requestHeaders") or {}
     if (method is not None and not isinstance(method, str)) or not isinstance(headers, dict):
         raise ProtocolViolation("request.method must be a string and requestHeaders an object")
-    remote = body.get("remoteEndpoint") if isinstance(body.get("remoteEndpoint"), dict) else {}
+    remote = body.get("remoteEndpoint")
+    if not isinstance(remote, dict):
+        remote = {}
+    for value in headers.values():  # JSON keys are strings already; values are, from a sane relay
+        if type(value) is not str:
+            headers = {k: str(v) for k, v in headers.items()}
+            break
+    request_id = body["id"]
     return HttpRequest(
-        body["address"], str(body["id"]), body.get("requestTarget"), method,
-        {str(k): str(v) for k, v in headers.items()},
-        remote.get("address"), remote.get("port"),
+        body["address"], request_id if type(request_id) is str else str(request_id), body.get("requestTarget"),
+        method, headers, remote.get("address"), remote.get("port"),
         bool(body.get("body")) if "body" in body else None,
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and a frozen __init__ costs ~5x
 class ResponseHead:
     """``{"response":{...}}``: status line and headers of a relayed HTTP response."""
 

@@ -87,7 +87,8 @@ class HttpConnection(asyncio.Protocol):
         self._status = 0
         self._http10 = False
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self._tracker = ""
+        #: The decoded path of the request in flight, for error reasons.
+        self._tracker: str | None = None
 
     # -- httptools callbacks ---------------------------------------------------------------------
     def on_url(self, url: bytes) -> None:
@@ -203,7 +204,7 @@ class HttpConnection(asyncio.Protocol):
         self.method = method = self.parser.get_method().decode()
         target = self._url.decode("latin-1")
         self.raw_path, decoded = http.tracker(target)
-        self._tracker = f"{self.relay.namespace}:{decoded}"
+        self._tracker = decoded
         self.hc_name, self.sent, self._response = None, 0, None
         try:
             hc = http.resolve(decoded)
@@ -350,7 +351,8 @@ class HttpConnection(asyncio.Protocol):
             self._last = self._loop.time()
 
     def _write_error(self, err: RelayError) -> None:
-        reason = err.reason(self._tracker, utc_timestamp())
+        tracker = "" if self._tracker is None else f"{self.relay.namespace}:{self._tracker}"
+        reason = err.reason(tracker, utc_timestamp())
         self.transport.write(error_response(err, reason, close=not self.keep_alive))
         if not self.keep_alive:
             self.transport.close()
@@ -368,7 +370,7 @@ class HttpConnection(asyncio.Protocol):
         """A request the relay cannot read: answer and close (the framing is lost)."""
         self.keep_alive = False
         self.buf = b""
-        self._tracker = ""
+        self._tracker = None  # no request was read: no entity to name
         self._write_error(err)
         self._gone = True
 
