@@ -241,3 +241,17 @@ async def test_idle_keep_alive_connections_are_closed(relay, monkeypatch):
             assert status == 408 and "TrackingId:" in reason and await conn.closed()
         finally:
             conn.close()
+
+
+async def test_a_client_that_shuts_its_sending_side_still_gets_its_answers(relay):
+    relay.create_hc("front", requires_client_authorization=False)
+    async with RawHttpListener(relay, "front", echo):
+        conn = await Conn.open(relay)
+        try:
+            conn.send(get("/front/one") + get("/front/two"))
+            conn.writer.write_eof()
+            assert (await conn.response())[3] == b"GET /front/one 0"
+            assert (await conn.response())[3] == b"GET /front/two 0"
+            assert await conn.closed()
+        finally:
+            conn.close()

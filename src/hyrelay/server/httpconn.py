@@ -49,7 +49,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = ("relay", "http_factory", "max_head", "transport", "peer", "buf", "parser", "_url", "_headers",
                  "_index", "_waiting", "exchange", "method", "raw_path", "hc_name", "started", "keep_alive",
                  "_response", "_framing", "sent", "_timer", "_timeout", "_last", "_paused", "_writable",
-                 "_idle", "_gone", "_reading", "_status", "_tracker", "http", "_http10", "_loop")
+                 "_idle", "_gone", "_reading", "_status", "_tracker", "http", "_http10", "_loop", "_eof", "_successor")
 
     def __init__(self, relay: "Relay", http_factory: Callable[[], asyncio.Protocol], max_head: int) -> None:
         self.relay = relay
@@ -86,6 +86,9 @@ class HttpConnection(asyncio.Protocol):
         self._reading = True
         self._status = 0
         self._http10 = False
+        #: The client shut its sending side: nothing more will come.
+        self._eof = False
+        self._successor: asyncio.Protocol | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         #: The decoded path of the request in flight, for error reasons.
         self._tracker: str | None = None
@@ -124,6 +127,17 @@ class HttpConnection(asyncio.Protocol):
             self._reading = False  # a pipelining client waits for its earlier answers
             self.transport.pause_reading()
 
+    def eof_received(self) -> bool | None:
+        # A client may shut its sending side once its request is out (HTTP/1.0 tools, `nc -N`):
+        # answer what it sent, then close. With nothing pending, close now.
+        self._eof = True
+        if self.exchange is None and not self.buf:
+            return None
+        self._next()  # a request that came whole is served; the close follows the last answer
+        if self._successor is not None:  # handed over meanwhile: the application hears of the EOF
+            return self._successor.eof_received()
+        return True if not self._gone and not self.transport.is_closing() else None
+
     def pause_writing(self) -> None:
         self._writable = False
 
@@ -143,7 +157,12 @@ class HttpConnection(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------------------
     def _next(self) -> None:
-        """Start every complete request in the buffer, one at a time."""
+        """Start every complete request in the buffer, one at a time; close after the last if the client is done."""
+        self._advance()
+        if self._eof and self.exchange is None and not self._gone:
+            self.transport.close()
+
+    def _advance(self) -> None:
         while self.exchange is None and not self._gone and self.buf and not self.transport.is_closing():
             buf = self.buf
             if self._waiting is None:
@@ -186,7 +205,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _hand_over(self) -> None:
         """Give the connection, from the request at the front of the buffer on, to aiohttp."""
-        proto = self.http_factory()
+        proto = self._successor = self.http_factory()
         buf, self.buf = self.buf, b""
         if self._idle is not None:
             self._idle.cancel()
