@@ -255,3 +255,46 @@ async def test_a_client_that_shuts_its_sending_side_still_gets_its_answers(relay
             assert await conn.closed()
         finally:
             conn.close()
+
+
+async def test_a_shorter_request_timeout_after_a_longer_one_on_the_same_connection(relay):
+    relay.create_hc("front", requires_client_authorization=False)  # the relay's 60 s default
+    relay.store.create_hc("hyrelay", "silent", requires_client_authorization=False, request_timeout=0.5)
+    relay.relay.refresh()
+
+    async def never(listener, request, body):
+        await asyncio.sleep(3600)
+
+    async with RawHttpListener(relay, "front", echo), RawHttpListener(relay, "silent", never):
+        conn = await Conn.open(relay)
+        try:
+            conn.send(get("/front/quick"))  # arms the connection's timer for 60 s from now
+            assert (await conn.response())[0] == 200
+            conn.send(get("/silent/x"))  # must not wait for that timer
+            status, reason, _, _ = await conn.response()
+            assert status == 504 and "did not respond" in reason
+            conn.send(get("/front/again"))  # and the connection goes on
+            assert (await conn.response())[3] == b"GET /front/again 0"
+        finally:
+            conn.close()
+
+
+async def test_a_timer_armed_for_a_short_timeout_does_not_cut_a_later_longer_one(relay):
+    relay.store.create_hc("hyrelay", "brisk", requires_client_authorization=False, request_timeout=0.3)
+    relay.create_hc("slow", requires_client_authorization=False)
+    relay.relay.refresh()
+
+    async def late(listener, request, body):
+        await asyncio.sleep(1.0)  # past the brisk deadline the connection's timer was armed for
+        await listener.respond(request, body=b"late but fine")
+
+    async with RawHttpListener(relay, "brisk", echo), RawHttpListener(relay, "slow", late):
+        conn = await Conn.open(relay)
+        try:
+            conn.send(get("/brisk/x"))
+            assert (await conn.response())[0] == 200
+            conn.send(get("/slow/x"))
+            status, _, _, body = await conn.response()
+            assert status == 200 and body == b"late but fine"
+        finally:
+            conn.close()

@@ -49,7 +49,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = ("relay", "http_factory", "max_head", "transport", "peer", "buf", "parser", "_url", "_headers",
                  "_index", "_waiting", "exchange", "method", "raw_path", "hc_name", "started", "keep_alive",
                  "_response", "_framing", "sent", "_timer", "_timeout", "_last", "_paused", "_writable",
-                 "_idle", "_gone", "_reading", "_status", "_tracker", "http", "_http10", "_loop", "_eof", "_successor")
+                 "_idle", "_gone", "_reading", "_status", "_tracker", "http", "_http10", "_loop", "_eof", "_successor", "_deadline")
 
     def __init__(self, relay: "Relay", http_factory: Callable[[], asyncio.Protocol], max_head: int) -> None:
         self.relay = relay
@@ -78,6 +78,8 @@ class HttpConnection(asyncio.Protocol):
         self.sent = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timeout: float | None = None
+        #: When the answer's head must have arrived, for the request in flight.
+        self._deadline = 0.0
         self._last = 0.0
         self._paused: WSTransport | None = None  # the listener socket paused for a slow client
         self._writable = True
@@ -148,8 +150,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone = True
         self.http.connections.discard(self)
-        if self._idle is not None:
-            self._idle.cancel()
+        for timer in (self._idle, self._timer):
+            if timer is not None:
+                timer.cancel()  # or this connection would stay in memory until they fire
         if self.exchange is not None:
             _access.info("event=http_client_gone method=%s path=%s bytes_out=%s", self.method, self.raw_path,
                          self.sent)
@@ -207,8 +210,9 @@ class HttpConnection(asyncio.Protocol):
         """Give the connection, from the request at the front of the buffer on, to aiohttp."""
         proto = self._successor = self.http_factory()
         buf, self.buf = self.buf, b""
-        if self._idle is not None:
-            self._idle.cancel()
+        for timer in (self._idle, self._timer):
+            if timer is not None:
+                timer.cancel()
         self._gone = True  # this protocol is done with the connection
         self.http.connections.discard(self)
         self.transport.set_protocol(proto)
@@ -242,19 +246,29 @@ class HttpConnection(asyncio.Protocol):
             return
         self._timeout = timeout = http.timeout(route.hc)
         if timeout:
-            self._timer = self._loop.call_later(timeout, self._tick)
+            # One timer per connection, moved only when a deadline comes sooner than it fires: no
+            # timer made and cancelled per request (it fires at most once per timeout and re-arms).
+            self._deadline = deadline = self._loop.time() + timeout
+            timer = self._timer
+            if timer is None or timer.when() > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self._loop.call_at(deadline, self._tick)
 
     def _tick(self) -> None:
         """The request timer: no head in time is a 504; so is a stream that went quiet that long."""
         self._timer = None
         exchange = self.exchange
         if exchange is None or self._timeout is None:
-            return
+            return  # idle: the timer stays off until the next request
+        loop = self._loop
         if not exchange.head_seen:
+            if loop.time() + 0.001 < self._deadline:  # armed for an earlier request: this one has longer
+                self._timer = loop.call_at(self._deadline, self._tick)
+                return
             exchange.fail(GatewayTimeout("The request was routed to the listener but the listener did not "
                                          "respond in the required time"))
             return
-        loop = self._loop
         quiet = loop.time() - self._last
         if quiet >= self._timeout and self._paused is None and self._writable:
             exchange.fail(GatewayTimeout("The listener stopped sending the response body"))
@@ -357,10 +371,8 @@ class HttpConnection(asyncio.Protocol):
         self._next()
 
     def _end(self) -> None:
-        """Forget the request in flight."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Forget the request in flight (the request timer stays; it finds nothing to do)."""
+        self._timeout = None
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             self.http.close(exchange)  # releases a paused listener socket
