@@ -572,3 +572,60 @@ async def test_proxy_answers_502_when_the_local_service_is_down(relay, base: str
             assert resp.status == 502
             assert "unreachable" in resp.reason and f"127.0.0.1:{port}" in resp.reason
             assert "unreachable" in await resp.text()
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy on 127.0.0.1 that records where it tunnels to."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> "ConnectProxy":
+        self.server = await asyncio.start_server(self._tunnel, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        if method != "CONNECT":
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        self.targets.append(target)
+        host, port = target.rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_the_listener_reaches_the_relay_through_the_proxy_the_environment_names(
+        relay, base: str, http: aiohttp.ClientSession, monkeypatch) -> None:
+    async def handler(request: RelayedRequest, response: RelayedResponse) -> None:
+        await response.end(b"via the proxy")
+
+    async with ConnectProxy() as proxy:
+        for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "https_proxy", "HTTPS_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", proxy.url)  # what a listener behind a corporate proxy has
+        async with serving(relay, handler):
+            async with http.get(f"{base}/x") as resp:  # the sender side is not proxied (trust_env off)
+                assert resp.status == 200 and await resp.read() == b"via the proxy"
+        assert f"127.0.0.1:{relay.port}" in proxy.targets  # the control channel went through it

@@ -12,13 +12,17 @@ import asyncio
 import collections
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from picows import WSAutoPingStrategy, WSError, WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport
+from picows import (WSAutoPingStrategy, WSError, WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport,
+                    ws_connect)
 from picows.picows import WSProtocol
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import Close
+from websockets.proxy import get_proxy
+from websockets.uri import parse_uri
 
 from .._picows import CoalescingTransport, send_close, send_frame
 from ..protocol.errors import BadGateway, RelayError
@@ -210,9 +214,32 @@ async def open_control(url: str, headers: dict[str, str], *, text_limit: int, bi
         RelayError: the relay refused the upgrade (its status and reason phrase kept).
         OSError, TimeoutError: the relay cannot be reached.
     """
-    # What picows' ws_connect() does for a direct connection, except that the protocol is handed a
-    # CoalescingTransport: a response's head and body frames, and the answers to every request
-    # handled in the same loop iteration, then leave in one system call.
+    def socket() -> ControlSocket:
+        return ControlSocket(text_limit, binary_limit)
+
+    options: dict[str, Any] = dict(
+        websocket_handshake_timeout=timeout, enable_auto_ping=ping_interval is not None,
+        auto_ping_idle_timeout=ping_interval or 20.0, auto_ping_reply_timeout=ping_interval or 20.0,
+        auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE, max_frame_size=max_frame_size)
+    # The same proxy rules (HTTPS_PROXY, NO_PROXY, ...) as the SDK's websockets sockets follow.
+    proxy = get_proxy(parse_uri(url))
+    try:
+        if proxy is not None:  # picows' own connector, without write coalescing
+            _, listener = await ws_connect(socket, url, extra_headers=headers, proxy=proxy, logger_name=_log,
+                                           **options)
+            return listener  # type: ignore[return-value]
+        return await _connect_direct(url, headers, socket, timeout, options)
+    except WSHandshakeError as exc:
+        raise _refusal(exc) from None
+    except WSError as exc:
+        raise BadGateway(f"The relay answered the WebSocket upgrade incorrectly: {exc}") from None
+
+
+async def _connect_direct(url: str, headers: dict[str, str], socket: Callable[[], ControlSocket],
+                          timeout: float, options: dict[str, Any]) -> ControlSocket:
+    """What picows' ws_connect() does for a direct connection, except that the protocol writes
+    through a CoalescingTransport: a response's head and body frames, and the answers to every
+    request handled in the same loop iteration, leave in one system call."""
     parts = urlsplit(url)
     secure = parts.scheme in ("wss", "https")
     loop = asyncio.get_running_loop()
@@ -220,20 +247,14 @@ async def open_control(url: str, headers: dict[str, str], *, text_limit: int, bi
         asyncio.Protocol, parts.hostname, parts.port or (443 if secure else 80),
         ssl=ssl.create_default_context() if secure else None), timeout)
     protocol = WSProtocol(
-        parts.netloc, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), True,
-        lambda: ControlSocket(text_limit, binary_limit), _log, True, timeout, ping_interval is not None,
-        ping_interval or 20.0, ping_interval or 20.0, WSAutoPingStrategy.PING_WHEN_IDLE, True, max_frame_size,
+        parts.netloc, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), True, socket, _log,
+        True, timeout, options["enable_auto_ping"], options["auto_ping_idle_timeout"],
+        options["auto_ping_reply_timeout"], options["auto_ping_strategy"], True, options["max_frame_size"],
         headers, 16 * 1024)
     transport.set_protocol(protocol)
     protocol.connection_made(CoalescingTransport(transport, loop))  # type: ignore[arg-type]
     try:
         await protocol.wait_until_handshake_complete()
-    except WSHandshakeError as exc:
-        transport.abort()
-        raise _refusal(exc) from None
-    except WSError as exc:
-        transport.abort()
-        raise BadGateway(f"The relay answered the WebSocket upgrade incorrectly: {exc}") from None
     except BaseException:
         transport.abort()
         raise
