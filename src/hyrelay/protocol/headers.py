@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-__all__ = ["AUTH_HEADERS", "HOP_BY_HOP", "MULTICAST_HEADER", "connect_headers", "request_headers", "response_headers", "ResponseHeaders", "add_via"]
+__all__ = ["AUTH_HEADERS", "HOP_BY_HOP", "MULTICAST_HEADER", "connect_headers", "request_headers",
+           "response_headers", "ResponseHeaders", "add_via"]
 
 #: Marks a request the relay delivered to every listener of a multicast hybrid connection: its
 #: answer is read by nobody, so a listener need not send one.

@@ -46,10 +46,11 @@ _NO_HEADERS = ResponseHeaders([], None, None, False)
 class HttpConnection(asyncio.Protocol):
     """One client connection; serves one request at a time (pipelined ones wait their turn)."""
 
-    __slots__ = ("relay", "http_factory", "max_head", "transport", "peer", "buf", "parser", "_url", "_headers",
-                 "_index", "_waiting", "exchange", "method", "raw_path", "hc_name", "started", "keep_alive",
-                 "_response", "_framing", "sent", "_timer", "_timeout", "_last", "_paused", "_writable",
-                 "_idle", "_gone", "_reading", "_status", "_tracker", "http", "_http10", "_loop", "_eof", "_successor", "_deadline")
+    __slots__ = ("relay", "http", "http_factory", "max_head", "transport", "peer", "buf", "parser", "_url",
+                 "_headers", "_index", "_waiting", "exchange", "method", "raw_path", "hc_name", "started",
+                 "keep_alive", "_response", "_framing", "sent", "_timer", "_timeout", "_deadline", "_last",
+                 "_paused", "_writable", "_idle", "_gone", "_reading", "_status", "_http10", "_eof",
+                 "_successor", "_loop", "_tracker")
 
     def __init__(self, relay: "Relay", http_factory: Callable[[], asyncio.Protocol], max_head: int) -> None:
         self.relay = relay
@@ -74,7 +75,9 @@ class HttpConnection(asyncio.Protocol):
         self.started = 0.0
         self.keep_alive = True
         self._response: ResponseHead | None = None  # a head waiting for its first body frame
-        self._framing = b""  # b"chunked", b"close" (HTTP/1.0 stream) or b"" (Content-Length)
+        #: How the answer's body is framed once its head is out: b"length", b"chunked", b"close"
+        #: (HTTP/1.0 stream) or b"none" (HEAD, 204, 304); b"" while no head has gone out.
+        self._framing = b""
         self.sent = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timeout: float | None = None
