@@ -298,3 +298,19 @@ async def test_a_timer_armed_for_a_short_timeout_does_not_cut_a_later_longer_one
             assert status == 200 and body == b"late but fine"
         finally:
             conn.close()
+
+
+async def test_http_1_0_keep_alive_is_confirmed_and_honoured(relay):
+    relay.create_hc("front", requires_client_authorization=False)
+    async with RawHttpListener(relay, "front", echo):
+        conn = await Conn.open(relay)
+        try:
+            for path in ("/front/a", "/front/b"):
+                conn.send(f"GET {path} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n".encode())
+                _, _, headers, body = await conn.response()
+                assert headers["connection"] == "keep-alive" and body == f"GET {path} 0".encode()
+            conn.send(b"GET /front/c HTTP/1.0\r\nHost: x\r\n\r\n")  # no keep-alive asked: answered, then closed
+            _, _, headers, body = await conn.response()
+            assert headers["connection"] == "close" and body == b"GET /front/c 0" and await conn.closed()
+        finally:
+            conn.close()

@@ -208,8 +208,9 @@ def response_message(head: ResponseHead) -> str:
 
 #: An HTTP header name (RFC 7230 token).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: Characters a header value cannot carry on the wire.
-_BAD_VALUE = re.compile("[\r\n\0]")
+#: Characters a header value cannot carry on the wire: line breaks, NUL, and lone surrogates (valid
+#: JSON escapes that no byte encoding can write).
+_BAD_VALUE = re.compile("[\r\n\0\ud800-\udfff]")
 
 
 class MalformedResponse(ProtocolViolation):

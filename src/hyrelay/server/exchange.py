@@ -11,11 +11,12 @@ writes, so nothing buffers without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from ..protocol.errors import BadGateway, GatewayTimeout, RelayError
+from ..protocol.errors import BadGateway, GatewayTimeout, InternalError, RelayError
 from ..protocol.messages import MalformedResponse, ResponseHead, parse_response
 from .engine import WSTransport
 
@@ -71,7 +72,10 @@ class HttpExchange:
         self.head_seen = True
         if not head.body:
             self._ended = True
-        self.sink.response_head(head)
+        try:
+            self.sink.response_head(head)
+        except Exception:
+            self._sink_broke()
 
     def feed(self, data: bytes, fin: bool, source: WSTransport) -> None:
         """A frame of the response body arrived on *source*."""
@@ -80,7 +84,10 @@ class HttpExchange:
         if fin:
             self._ended = True
         if not self.discard:
-            self.sink.response_body(data, fin, source)
+            try:
+                self.sink.response_body(data, fin, source)
+            except Exception:
+                self._sink_broke()
 
     def fail(self, err: RelayError) -> None:
         """The listener side broke: a waiting client gets *err*, a streaming one is cut."""
@@ -89,6 +96,15 @@ class HttpExchange:
             if not self.discard:
                 self.sink.response_failed(err)
         self.opened(err)
+
+    def _sink_broke(self) -> None:
+        """A bug on the client's side of the exchange: it gets a 500 (or a cut), and the listener's
+        socket, which called us, stays up for everyone else's requests."""
+        err = InternalError("The relay failed to relay the response")
+        _log.exception("event=internal_error tracking_id=%s request=%s", err.tracking_id, self.id)
+        self._ended = True
+        with contextlib.suppress(Exception):
+            self.sink.response_failed(err)
 
     def opened(self, rendezvous: Any) -> None:
         """The listener opened this request's rendezvous (or *rendezvous* is why it never will)."""

@@ -125,11 +125,14 @@ class HttpConnection(asyncio.Protocol):
         self._idle = loop.call_later(KEEPALIVE, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
+        if not self.buf and self.exchange is None:
+            self._last = self._loop.time()  # a new request begins: the idle clock restarts
         self.buf = self.buf + data if self.buf else data
-        if self.exchange is None:
+        if self.exchange is None and self._writable:
             self._next()
         elif len(self.buf) > self.max_head + MAX_INLINE_REQUEST and self._reading:
-            self._reading = False  # a pipelining client waits for its earlier answers
+            # A pipelining client waits for its earlier answers, and for reading those it has.
+            self._reading = False
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
@@ -149,6 +152,8 @@ class HttpConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writable = True
         self.release()
+        if self.exchange is None and not self._gone:
+            self._next()  # pipelined requests waited for the client to read its earlier answers
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone = True
@@ -165,11 +170,19 @@ class HttpConnection(asyncio.Protocol):
     def _next(self) -> None:
         """Start every complete request in the buffer, one at a time; close after the last if the client is done."""
         self._advance()
-        if self._eof and self.exchange is None and not self._gone:
+        if self._gone or self.exchange is not None or not self._writable:
+            return  # resume_writing() comes back here
+        if not self._reading:  # what is left is at most part of one request: read the rest
+            self._reading = True
+            self.transport.resume_reading()
+        if self._eof:
             self.transport.close()
 
     def _advance(self) -> None:
-        while self.exchange is None and not self._gone and self.buf and not self.transport.is_closing():
+        # Not while the client leaves answers unread: a pipelining client that never reads would
+        # otherwise have every answer buffered here.
+        while (self.exchange is None and self._writable and not self._gone and self.buf
+               and not self.transport.is_closing()):
             buf = self.buf
             if self._waiting is None:
                 end = buf.find(b"\r\n\r\n")
@@ -205,9 +218,6 @@ class HttpConnection(asyncio.Protocol):
                 self.parser.feed_data(body)  # completes the message in the parser, ready for the next
             self.buf = buf[head_len + length:]
             self._relay(body, length if declared else None)
-        if not self._reading and not self._gone and self.exchange is None:
-            self._reading = True
-            self.transport.resume_reading()
 
     def _hand_over(self) -> None:
         """Give the connection, from the request at the front of the buffer on, to aiohttp."""
@@ -319,7 +329,10 @@ class HttpConnection(asyncio.Protocol):
         if self._framing:  # the head is out: cut the connection so the client sees a truncated body
             _access.warning("event=http_response_cut method=%s path=%s bytes_out=%s tracking_id=%s reason=%r",
                             self.method, self.raw_path, self.sent, err.tracking_id, err.message)
-            self.transport.close()
+            if self._framing == b"close":
+                self.transport.abort()  # a close would end a close-delimited body as if it were complete
+            else:
+                self.transport.close()
             self._end()
             return
         http.finished(self.hc_name, self.method, self.raw_path, err.status, self.started, 0, err=err)
@@ -358,6 +371,8 @@ class HttpConnection(asyncio.Protocol):
             lines.append("Transfer-Encoding: chunked")
         if not self.keep_alive:
             lines.append("Connection: close")
+        elif self._http10:
+            lines.append("Connection: keep-alive")  # an HTTP/1.0 client closes unless told otherwise
         lines.append("\r\n")
         return "\r\n".join(lines).encode()
 
