@@ -7,6 +7,7 @@ Real sockets on 127.0.0.1; timeouts are hang guards only.
 from __future__ import annotations
 
 import asyncio
+import json
 
 from .test_http_front import Conn, echo, get
 from .test_http_relay import RawHttpListener
@@ -107,3 +108,39 @@ async def test_listener_header_that_cannot_be_encoded_does_not_hang_the_client(r
             assert (await conn.response())[3] == b"GET /front/next 0"
         finally:
             conn.close()
+
+
+async def test_a_client_that_stops_reading_an_answer_streamed_on_the_control_channel_is_cut(relay):
+    """Pausing the control channel for one slow client would stall the listener's other requests."""
+    relay.create_hc("front", requires_client_authorization=False)
+    chunk = b"z" * 65536
+    flowing = asyncio.Event()
+
+    async def answer(listener, request, body):
+        if not request["requestTarget"].endswith("/flood"):
+            await echo(listener, request, body)
+            return
+        doc = {"requestId": request["id"], "statusCode": 200, "responseHeaders": {}, "body": True}
+
+        async def fragments():
+            for i in range(1024):  # 64 MiB, far more than the client will read or sockets hold
+                if i == 64:
+                    flowing.set()
+                yield chunk
+
+        await listener.control.send(json.dumps({"response": doc}))
+        await listener.control.send(fragments())
+
+    async with RawHttpListener(relay, "front", answer):
+        slow = await Conn.open(relay)
+        try:
+            slow.send(get("/front/flood"))  # and never read
+            await asyncio.wait_for(flowing.wait(), 10)
+            other = await Conn.open(relay)
+            try:
+                other.send(get("/front/other"))  # its answer queues behind the flood on the control channel
+                assert (await other.response())[3] == b"GET /front/other 0"
+            finally:
+                other.close()
+        finally:
+            slow.close()

@@ -38,6 +38,8 @@ _access = logging.getLogger("hyrelay.access")
 
 #: An idle keep-alive connection is closed after this many seconds (aiohttp's default too).
 KEEPALIVE = 75.0
+#: A client that leaves this much of an answer streaming on a control channel unread is cut.
+SLOW_CLIENT_LIMIT = 4 << 20
 #: Request headers whose presence sends the connection to the aiohttp front end.
 _HANDED_OVER = frozenset({"transfer-encoding", "expect", "upgrade", "x-process-at"})
 _NO_HEADERS = ResponseHeaders([], None, None, False)
@@ -320,9 +322,18 @@ class HttpConnection(asyncio.Protocol):
             self._done(self._status)
             return
         self._last = self._loop.time()
-        if not self._writable and self._paused is None:
-            self._paused = source  # the client reads slower than the listener writes
+        if self._writable or self._paused is not None:
+            return
+        if self.exchange is not None and self.exchange.rendezvous is not None:
+            self._paused = source  # the client reads slower than the listener writes: hold the listener
             source.underlying_transport.pause_reading()
+        elif self.transport.get_write_buffer_size() > SLOW_CLIENT_LIMIT:
+            # The answer streams on the control channel: pausing it would stall every other request
+            # of that listener behind this client, so the client is cut instead.
+            _access.warning("event=http_client_too_slow method=%s path=%s bytes_out=%s buffered=%s",
+                            self.method, self.raw_path, self.sent, self.transport.get_write_buffer_size())
+            self.transport.abort()
+            self._end()
 
     def response_failed(self, err: RelayError) -> None:
         http = self.http
