@@ -65,3 +65,24 @@ async def test_hyco_ws_over_wss_and_hyco_https_over_https(tls_relay, certificate
                             headers={"ServiceBusAuthorization": token}) as r:
             assert r.status == 200 and len(await r.read()) == 100000
     await web.stop()
+
+
+async def test_python_listener_over_wss_serves_https_requests(tls_relay, certificate, monkeypatch):
+    """The SDK's control channel (picows) and its rendezvous sockets (websockets) over TLS."""
+    from hyrelay.client import HybridConnectionListener
+
+    relay = tls_relay
+    relay.create_hc("pyweb", requires_client_authorization=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # how a user trusts a private CA
+
+    async def handler(request, response):
+        size = int(request.query.partition("=")[2] or 0)
+        await response.end(b"s" * size)  # small: inline on the control channel; large: a rendezvous
+
+    cs = relay.server.connection_string().replace(f"sb://127.0.0.1:{relay.port}", f"sb://localhost:{relay.port}")
+    listener = HybridConnectionListener(cs, entity="pyweb", request_handler=handler)
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    async with listener, aiohttp.ClientSession() as http:
+        for size in (10, 300_000):
+            async with http.get(f"https://localhost:{relay.port}/pyweb/x?size={size}", ssl=context) as r:
+                assert r.status == 200 and len(await r.read()) == size
