@@ -629,3 +629,18 @@ async def test_the_listener_reaches_the_relay_through_the_proxy_the_environment_
             async with http.get(f"{base}/x") as resp:  # the sender side is not proxied (trust_env off)
                 assert resp.status == 200 and await resp.read() == b"via the proxy"
         assert f"127.0.0.1:{relay.port}" in proxy.targets  # the control channel went through it
+
+
+async def test_a_name_with_a_slash_reached_escaped_or_not_gives_the_handler_the_same_path(
+        relay, http: aiohttp.ClientSession) -> None:
+    relay.create_hc("orders/EU", requires_client_authorization=False)
+
+    async def handler(request: RelayedRequest, response: RelayedResponse) -> None:
+        await response.end(f"{request.root_path}|{request.path}".encode())
+
+    listener = HybridConnectionListener(relay.server.connection_string(), entity="orders/EU",
+                                        request_handler=handler)
+    async with asyncio.timeout(GUARD), listener:
+        for target in ("/orders/EU/items/7", "/orders%2FEU/items/7"):
+            async with http.get(f"{relay.http}{target}") as resp:
+                assert resp.status == 200 and await resp.read() == b"/orders/EU|/items/7", target

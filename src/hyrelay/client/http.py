@@ -295,21 +295,24 @@ def _segments(entity: str) -> tuple[str, ...]:
 def split_target(target: str, entity: str) -> tuple[str, str, str]:
     """Split a request target into (raw prefix naming the hybrid connection, raw rest, raw query).
 
-    ``/myhc/api/x?a=1`` for entity ``myhc`` gives ``("/myhc", "/api/x", "a=1")``. A target that
-    does not start with the entity's name (PROTO's example is ambiguous, spec §4.4) keeps its
-    whole path and an empty prefix.
+    ``/myhc/api/x?a=1`` for entity ``myhc`` gives ``("/myhc", "/api/x", "a=1")``. A name with a
+    slash may come escaped: ``/orders%2FEU/x`` for ``orders/EU`` gives ``("/orders%2FEU", "/x", "")``.
+    A target that does not start with the entity's name (PROTO's example is ambiguous, spec §4.4)
+    keeps its whole path and an empty prefix.
     """
     raw, _, query = target.partition("?")
     names = _segments(entity)
-    pos = 0
-    for name in names:
+    pos = matched = 0
+    while matched < len(names):
         while pos < len(raw) and raw[pos] == "/":
             pos += 1
         end = raw.find("/", pos)
         end = len(raw) if end < 0 else end
         segment = raw[pos:end]
-        if ("%" in segment and unquote(segment) or segment).lower() != name:
+        parts = [p.lower() for p in unquote(segment).split("/") if p] if "%" in segment else [segment.lower()]
+        if not segment or list(names[matched:matched + len(parts)]) != parts:
             return "", raw or "/", query
+        matched += len(parts)
         pos = end
     return raw[:pos], raw[pos:] or "/", query
 
