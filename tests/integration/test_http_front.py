@@ -7,7 +7,9 @@ streamed answers, and the bad input that only a connection-level server sees.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -27,8 +29,14 @@ class Conn:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, relay) -> "Conn":
-        return cls(*await asyncio.open_connection("127.0.0.1", relay.port))
+    @contextlib.asynccontextmanager
+    async def connect(cls, relay) -> AsyncIterator["Conn"]:
+        """A connection to the relay, closed on the way out."""
+        conn = cls(*await asyncio.open_connection("127.0.0.1", relay.port))
+        try:
+            yield conn
+        finally:
+            conn.writer.close()
 
     def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -60,9 +68,6 @@ class Conn:
     async def closed(self) -> bool:
         return await asyncio.wait_for(self.reader.read(), 10) == b""
 
-    def close(self) -> None:
-        self.writer.close()
-
 
 def get(path: str, *extra: str) -> bytes:
     return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: relay.test", *extra]) + "\r\n\r\n").encode()
@@ -71,8 +76,7 @@ def get(path: str, *extra: str) -> bytes:
 async def test_keep_alive_pipelining_and_hand_over_to_the_relay_endpoints(relay):
     relay.create_hc("front", requires_client_authorization=False)
     async with RawHttpListener(relay, "front", echo):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/front/a"))
             assert (await conn.response())[3] == b"GET /front/a 0"
             # Three requests in one write: answered in order, each once.
@@ -87,15 +91,12 @@ async def test_keep_alive_pipelining_and_hand_over_to_the_relay_endpoints(relay)
             conn.send(get("/front/after"))
             status, _, headers, body = await conn.response()
             assert status == 200 and body == b"GET /front/after 0" and "via" in headers
-        finally:
-            conn.close()
 
 
 async def test_chunked_and_large_bodies_are_handed_over_and_still_relayed(relay):
     relay.create_hc("front", requires_client_authorization=False)
     async with RawHttpListener(relay, "front", echo):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/front/first"))
             assert (await conn.response())[0] == 200
             conn.send(b"POST /front/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -104,8 +105,6 @@ async def test_chunked_and_large_bodies_are_handed_over_and_still_relayed(relay)
             big = b"x" * 100_000  # over the control channel's 64 KiB: goes by rendezvous
             conn.send(b"PUT /front/big HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + big)
             assert (await conn.response())[3] == b"PUT /front/big 100000"
-        finally:
-            conn.close()
 
 
 @pytest.mark.parametrize("request_bytes, status", [
@@ -116,8 +115,7 @@ async def test_chunked_and_large_bodies_are_handed_over_and_still_relayed(relay)
 async def test_bad_second_request_gets_its_status_with_a_tracking_id_and_a_close(relay, request_bytes, status):
     relay.create_hc("front", requires_client_authorization=False)
     async with RawHttpListener(relay, "front", echo):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/front/ok"))
             assert (await conn.response())[0] == 200
             conn.send(request_bytes)
@@ -125,31 +123,23 @@ async def test_bad_second_request_gets_its_status_with_a_tracking_id_and_a_close
             assert got == status and "TrackingId:" in reason
             assert json.loads(body)["error"]["trackingId"] == headers["trackingid"]
             assert headers["connection"] == "close" and await conn.closed()
-        finally:
-            conn.close()
         # Everyone else goes on being served.
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/front/still"))
             assert (await conn.response())[3] == b"GET /front/still 0"
-        finally:
-            conn.close()
 
 
 async def test_errors_keep_the_connection_alive(relay):
     relay.create_hc("front", requires_client_authorization=False)
     relay.create_hc("nobody", requires_client_authorization=False)
     async with RawHttpListener(relay, "front", echo):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             for path, status in (("/missing", 404), ("/nobody/x", 502), ("/front/x", 200)):
                 conn.send(get(path))
                 got, reason, headers, body = await conn.response()
                 assert got == status, (path, reason)
                 if status != 200:
                     assert "TrackingId:" in reason and "via" not in headers
-        finally:
-            conn.close()
 
 
 async def test_streamed_answers_are_chunked_for_1_1_and_close_delimited_for_1_0(relay):
@@ -166,21 +156,15 @@ async def test_streamed_answers_are_chunked_for_1_1_and_close_delimited_for_1_0(
 
     async with RawHttpListener(relay, "stream", stream) as listener:
         listener.fragments = fragments
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/stream/a"))
             _, _, headers, body = await conn.response()
             assert headers["transfer-encoding"] == "chunked" and body == b"one,two,three"
-        finally:
-            conn.close()
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(b"GET /stream/b HTTP/1.0\r\nHost: x\r\n\r\n")
             _, _, headers, body = await conn.response()
             assert "transfer-encoding" not in headers and "content-length" not in headers
             assert headers["connection"] == "close" and body == b"one,two,three"
-        finally:
-            conn.close()
 
 
 async def test_head_answers_carry_the_listeners_length_and_one_date(relay):
@@ -193,16 +177,13 @@ async def test_head_answers_carry_the_listeners_length_and_one_date(relay):
         await listener.respond(request, body=None, responseHeaders=headers)
 
     async with RawHttpListener(relay, "meta", answer):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(b"HEAD /meta/x HTTP/1.1\r\nHost: x\r\n\r\n")
             status, _, headers, _ = await conn.response(head_only=True)
             assert status == 200 and headers["content-length"] == "1234" and headers["date"]
             conn.send(get("/meta/dated"))
             raw_status, _, headers, body = await conn.response()
             assert headers["date"] == "Tue, 01 Jan 2030 00:00:00 GMT" and body == b""
-        finally:
-            conn.close()
 
 
 async def test_listener_that_drops_after_the_head_gives_502_not_a_truncated_200(relay):
@@ -214,47 +195,37 @@ async def test_listener_that_drops_after_the_head_gives_502_not_a_truncated_200(
         await listener.control.close()
 
     async with RawHttpListener(relay, "dropper", head_then_drop):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/dropper/x"))
             status, reason, _, body = await conn.response()
             assert status == 502 and "TrackingId:" in reason and "disconnected" in json.loads(body)["error"]["message"]
-        finally:
-            conn.close()
 
 
 async def test_idle_keep_alive_connections_are_closed(relay, monkeypatch):
     monkeypatch.setattr(httpconn, "KEEPALIVE", 0.3)
     relay.create_hc("front", requires_client_authorization=False)
     async with RawHttpListener(relay, "front", echo):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/front/x"))
             assert (await conn.response())[0] == 200
             assert await conn.closed()  # nothing more came: the relay let the connection go
-            # Half a request counts as nothing: 408, then the close.
-            conn = await Conn.open(relay)
+        async with Conn.connect(relay) as conn:  # half a request counts as nothing: 408, then the close
             conn.send(get("/front/x"))
             assert (await conn.response())[0] == 200
             conn.send(b"GET /front/y HTTP/1.1\r\nHo")
             status, reason, _, _ = await conn.response()
             assert status == 408 and "TrackingId:" in reason and await conn.closed()
-        finally:
-            conn.close()
 
 
 async def test_a_client_that_shuts_its_sending_side_still_gets_its_answers(relay):
     relay.create_hc("front", requires_client_authorization=False)
     async with RawHttpListener(relay, "front", echo):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/front/one") + get("/front/two"))
             conn.writer.write_eof()
             assert (await conn.response())[3] == b"GET /front/one 0"
             assert (await conn.response())[3] == b"GET /front/two 0"
             assert await conn.closed()
-        finally:
-            conn.close()
 
 
 async def test_a_shorter_request_timeout_after_a_longer_one_on_the_same_connection(relay):
@@ -266,8 +237,7 @@ async def test_a_shorter_request_timeout_after_a_longer_one_on_the_same_connecti
         await asyncio.sleep(3600)
 
     async with RawHttpListener(relay, "front", echo), RawHttpListener(relay, "silent", never):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/front/quick"))  # arms the connection's timer for 60 s from now
             assert (await conn.response())[0] == 200
             conn.send(get("/silent/x"))  # must not wait for that timer
@@ -275,8 +245,6 @@ async def test_a_shorter_request_timeout_after_a_longer_one_on_the_same_connecti
             assert status == 504 and "did not respond" in reason
             conn.send(get("/front/again"))  # and the connection goes on
             assert (await conn.response())[3] == b"GET /front/again 0"
-        finally:
-            conn.close()
 
 
 async def test_a_timer_armed_for_a_short_timeout_does_not_cut_a_later_longer_one(relay):
@@ -289,22 +257,18 @@ async def test_a_timer_armed_for_a_short_timeout_does_not_cut_a_later_longer_one
         await listener.respond(request, body=b"late but fine")
 
     async with RawHttpListener(relay, "brisk", echo), RawHttpListener(relay, "slow", late):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/brisk/x"))
             assert (await conn.response())[0] == 200
             conn.send(get("/slow/x"))
             status, _, _, body = await conn.response()
             assert status == 200 and body == b"late but fine"
-        finally:
-            conn.close()
 
 
 async def test_http_1_0_keep_alive_is_confirmed_and_honoured(relay):
     relay.create_hc("front", requires_client_authorization=False)
     async with RawHttpListener(relay, "front", echo):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             for path in ("/front/a", "/front/b"):
                 conn.send(f"GET {path} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n".encode())
                 _, _, headers, body = await conn.response()
@@ -312,5 +276,3 @@ async def test_http_1_0_keep_alive_is_confirmed_and_honoured(relay):
             conn.send(b"GET /front/c HTTP/1.0\r\nHost: x\r\n\r\n")  # no keep-alive asked: answered, then closed
             _, _, headers, body = await conn.response()
             assert headers["connection"] == "close" and body == b"GET /front/c 0" and await conn.closed()
-        finally:
-            conn.close()

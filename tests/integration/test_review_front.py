@@ -34,8 +34,7 @@ async def test_pipelined_client_paused_for_backlog_is_resumed_for_a_partial_requ
         await echo(listener, request, body)
 
     async with RawHttpListener(relay, "front", answer) as listener:
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/front/slow"))
             await _until(lambda: listener.requests)  # the first request is in flight
             conn.send(b"POST /front/two HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n" + b"a" * 60000
@@ -48,8 +47,6 @@ async def test_pipelined_client_paused_for_backlog_is_resumed_for_a_partial_requ
             assert (await conn.response())[3] == b"POST /front/two 60000"
             conn.send(b"b" * 20000)  # the rest of the third request's body
             assert (await conn.response())[3] == b"POST /front/three 60000"
-        finally:
-            conn.close()
 
 
 async def test_pipelined_answers_wait_for_a_client_that_does_not_read(relay):
@@ -63,8 +60,7 @@ async def test_pipelined_answers_wait_for_a_client_that_does_not_read(relay):
         await listener.respond(request, body=body)
 
     async with RawHttpListener(relay, "front", big) as listener:
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(b"".join(get(f"/front/{i}") for i in range(400)))  # ~24 MB of answers; never read
 
             async def settled() -> None:  # sync point: until the relay stops asking the listener
@@ -77,8 +73,6 @@ async def test_pipelined_answers_wait_for_a_client_that_does_not_read(relay):
             await asyncio.sleep(0.2)
             buffered = max(c.transport.get_write_buffer_size() for c in relay.relay.http.connections)
             assert buffered < 2 << 20, f"{buffered} bytes buffered for one client that does not read"
-        finally:
-            conn.close()
 
 
 async def test_listener_header_that_cannot_be_encoded_does_not_hang_the_client(relay):
@@ -95,19 +89,13 @@ async def test_listener_header_that_cannot_be_encoded_does_not_hang_the_client(r
             await echo(listener, request, body)
 
     async with RawHttpListener(relay, "front", answer):
-        conn = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as conn:
             conn.send(get("/front/bad"))
             status, _, _, _ = await conn.response()  # hang guard inside: 10 s
             assert status in (200, 502)
-        finally:
-            conn.close()
-        conn = await Conn.open(relay)  # and the listener is still there for everyone else
-        try:
+        async with Conn.connect(relay) as conn:  # and the listener is still there for everyone else
             conn.send(get("/front/next"))
             assert (await conn.response())[3] == b"GET /front/next 0"
-        finally:
-            conn.close()
 
 
 async def test_a_client_that_stops_reading_an_answer_streamed_on_the_control_channel_is_cut(relay):
@@ -132,15 +120,9 @@ async def test_a_client_that_stops_reading_an_answer_streamed_on_the_control_cha
         await listener.control.send(fragments())
 
     async with RawHttpListener(relay, "front", answer):
-        slow = await Conn.open(relay)
-        try:
+        async with Conn.connect(relay) as slow:
             slow.send(get("/front/flood"))  # and never read
             await asyncio.wait_for(flowing.wait(), 10)
-            other = await Conn.open(relay)
-            try:
+            async with Conn.connect(relay) as other:
                 other.send(get("/front/other"))  # its answer queues behind the flood on the control channel
                 assert (await other.response())[3] == b"GET /front/other 0"
-            finally:
-                other.close()
-        finally:
-            slow.close()

@@ -143,8 +143,8 @@ class ControlSocket(WSListener):
         kind = ConnectionClosedOK if rcvd is not None and rcvd.code in (1000, 1001) else ConnectionClosedError
         return kind(rcvd, None)
 
-    async def recv(self, text_limit: int | None = None, binary_limit: int | None = None) -> str | bytes | TooLarge:
-        """The next whole message, or TooLarge for one over *text_limit* / *binary_limit* bytes.
+    async def recv(self, binary_limit: int | None = None) -> str | bytes | TooLarge:
+        """The next whole message, or TooLarge for one over the socket's limits or *binary_limit* bytes.
 
         Raises:
             ConnectionClosed: the channel is gone and every message before that was read.
@@ -162,10 +162,7 @@ class ControlSocket(WSListener):
         if self._paused and len(messages) < _BACKLOG // 2 and not self._gone and self.transport is not None:
             self._paused = False
             self.transport.underlying_transport.resume_reading()
-        if isinstance(message, str):
-            if text_limit is not None and len(message) > text_limit:
-                return TooLarge(True, len(message.encode()))
-        elif isinstance(message, bytes) and binary_limit is not None and len(message) > binary_limit:
+        if isinstance(message, bytes) and binary_limit is not None and len(message) > binary_limit:
             return TooLarge(False, len(message))
         return message
 

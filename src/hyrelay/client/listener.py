@@ -478,7 +478,7 @@ class HybridConnectionListener:
 
     async def _read_control(self, ws: ControlSocket) -> str | None:
         """One control command; binary messages outside a request and oversized ones are skipped."""
-        message = await ws.recv(MAX_CONTROL_MESSAGE, 0)
+        message = await ws.recv(0)
         if isinstance(message, str):
             return message
         if isinstance(message, TooLarge) and message.text:
@@ -528,7 +528,7 @@ class HybridConnectionListener:
         problem: tuple[int, str] | None = None
         follow: str | None = None
         if request.body:
-            message = await link.recv(MAX_CONTROL_MESSAGE, MAX_INLINE_BODY)
+            message = await link.recv(MAX_INLINE_BODY)
             if isinstance(message, str):
                 # .NET calls this a protocol violation; answer the request and still obey the command.
                 _log.warning("event=request_body_missing listener=%s request=%s", self.listener_id, request.id)

@@ -10,7 +10,7 @@ import httptools
 
 from ..protocol.errors import RelayError
 
-__all__ = ["Head", "parse_head", "error_response", "utc_timestamp"]
+__all__ = ["Head", "parse_head", "error_response", "json_response", "utc_timestamp"]
 
 
 @dataclass(slots=True)
@@ -69,16 +69,22 @@ def utc_timestamp() -> str:
     return time.strftime("%m/%d/%Y %I:%M:%S %p", time.gmtime())
 
 
+def json_response(status: int, reason: str, doc: object, headers: dict[str, str], *, close: bool) -> bytes:
+    """A complete HTTP/1.1 response with a JSON body, written by the relay itself (no framework)."""
+    body = json.dumps(doc).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"{extra}Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
+    ).encode("latin-1") + body
+
+
 def error_response(err: RelayError, reason: str, status: int | None = None, *, close: bool = True) -> bytes:
     """A complete HTTP response for a refused request, JSON body included; ``Connection: close`` by default.
 
     *status* overrides the error's own, for a listener's reject passed through to its sender.
     """
-    body = json.dumps({"error": {"code": err.code, "message": reason, "trackingId": err.tracking_id}}).encode()
-    return (
-        f"HTTP/1.1 {status or err.status} {reason}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"TrackingId: {err.tracking_id}\r\n"
-        f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n"
-    ).encode("latin-1") + body
+    doc = {"error": {"code": err.code, "message": reason, "trackingId": err.tracking_id}}
+    return json_response(status or err.status, reason, doc, {"TrackingId": err.tracking_id}, close=close)

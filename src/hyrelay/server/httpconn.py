@@ -12,7 +12,6 @@ Heads are framed here and parsed by httptools (llhttp), which also validates the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,8 +25,8 @@ from ..protocol.headers import ResponseHeaders, add_via, response_headers
 from ..protocol.messages import MAX_INLINE_REQUEST, ResponseHead
 from .engine import WSTransport
 from .exchange import HttpExchange
-from .handshake import error_response, utc_timestamp
-from .httprelay import as_relay_error, reason_phrase
+from .handshake import error_response, json_response, utc_timestamp
+from .httprelay import as_relay_error, no_answer_in_time, reason_phrase
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -158,15 +157,19 @@ class HttpConnection(asyncio.Protocol):
             self._next()  # pipelined requests waited for the client to read its earlier answers
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._detach()
+        if self.exchange is not None:
+            _access.info("event=http_client_gone method=%s path=%s bytes_out=%s", self.method, self.raw_path,
+                         self.sent)
+            self._end()
+
+    def _detach(self) -> None:
+        """This protocol is done with the connection (it closed, or aiohttp has it now)."""
         self._gone = True
         self.http.connections.discard(self)
         for timer in (self._idle, self._timer):
             if timer is not None:
                 timer.cancel()  # or this connection would stay in memory until they fire
-        if self.exchange is not None:
-            _access.info("event=http_client_gone method=%s path=%s bytes_out=%s", self.method, self.raw_path,
-                         self.sent)
-            self._end()
 
     # -- requests --------------------------------------------------------------------------------
     def _next(self) -> None:
@@ -225,11 +228,7 @@ class HttpConnection(asyncio.Protocol):
         """Give the connection, from the request at the front of the buffer on, to aiohttp."""
         proto = self._successor = self.http_factory()
         buf, self.buf = self.buf, b""
-        for timer in (self._idle, self._timer):
-            if timer is not None:
-                timer.cancel()
-        self._gone = True  # this protocol is done with the connection
-        self.http.connections.discard(self)
+        self._detach()
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)
         if not self._reading:
@@ -250,7 +249,8 @@ class HttpConnection(asyncio.Protocol):
             route = http.route(hc, target, decoded, self._headers, self._index.get, content_length)
             if route.hc.multicast:
                 reached = http.multicast(route, method, self.peer, body)
-                self._write_json(202, "Accepted", {"listeners": reached}, f"Hyrelay-Listeners: {reached}\r\n")
+                self._write(json_response(202, "Accepted", {"listeners": reached}, {"Hyrelay-Listeners": str(reached)},
+                                          close=not self.keep_alive))
                 http.finished(self.hc_name, method, self.raw_path, 202, self.started, 0)
                 return
             self.exchange, _ = http.open(route, method, self.peer, self, inline_body=body)
@@ -281,8 +281,7 @@ class HttpConnection(asyncio.Protocol):
             if loop.time() + 0.001 < self._deadline:  # armed for an earlier request: this one has longer
                 self._timer = loop.call_at(self._deadline, self._tick)
                 return
-            exchange.fail(GatewayTimeout("The request was routed to the listener but the listener did not "
-                                         "respond in the required time"))
+            exchange.fail(no_answer_in_time())
             return
         quiet = loop.time() - self._last
         if quiet >= self._timeout and self._paused is None and self._writable:
@@ -412,17 +411,11 @@ class HttpConnection(asyncio.Protocol):
 
     def _write_error(self, err: RelayError) -> None:
         tracker = "" if self._tracker is None else f"{self.relay.namespace}:{self._tracker}"
-        reason = err.reason(tracker, utc_timestamp())
-        self.transport.write(error_response(err, reason, close=not self.keep_alive))
-        if not self.keep_alive:
-            self.transport.close()
+        self._write(error_response(err, err.reason(tracker, utc_timestamp()), close=not self.keep_alive))
 
-    def _write_json(self, status: int, reason: str, doc: object, extra: str = "") -> None:
-        body = json.dumps(doc).encode()
-        connection = "keep-alive" if self.keep_alive else "close"
-        self.transport.write(
-            (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
-             f"Content-Length: {len(body)}\r\n{extra}Connection: {connection}\r\n\r\n").encode() + body)
+    def _write(self, response: bytes) -> None:
+        """A whole response of the relay's own; the connection closes after it unless kept alive."""
+        self.transport.write(response)
         if not self.keep_alive:
             self.transport.close()
 

@@ -36,7 +36,7 @@ from .exchange import HttpExchange, ResponseQueue, ResponseSink
 if TYPE_CHECKING:
     from .relay import Relay
 
-__all__ = ["HttpRelay", "Route", "as_relay_error", "reason_phrase"]
+__all__ = ["HttpRelay", "Route", "as_relay_error", "no_answer_in_time", "reason_phrase"]
 
 _log = logging.getLogger("hyrelay.server")
 _access = logging.getLogger("hyrelay.access")
@@ -224,9 +224,8 @@ class HttpRelay:
                 body_task = asyncio.create_task(self._stream_request(request, exchange, full))
             timeout = self.timeout(route.hc)
             # One timer instead of wait_for(shield(...)): it fails the exchange, which wakes us.
-            timer = (asyncio.get_running_loop().call_later(timeout, exchange.fail, GatewayTimeout(
-                "The request was routed to the listener but the listener did not respond in the required "
-                "time")) if timeout else None)
+            timer = (asyncio.get_running_loop().call_later(timeout, exchange.fail, no_answer_in_time())
+                     if timeout else None)
             try:
                 head = await queue.head
             finally:
@@ -425,6 +424,12 @@ def _new_ids() -> tuple[str, str]:
     # uuid.UUID(bytes=..., version=4) spelled out: this runs for every request.
     request_id = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
     return request_id, base64.urlsafe_b64encode(raw[16:]).rstrip(b"=").decode()
+
+
+def no_answer_in_time() -> GatewayTimeout:
+    """The 504 for a listener that did not answer within the request timeout (spec §4.9)."""
+    return GatewayTimeout("The request was routed to the listener but the listener did not respond in the "
+                          "required time")
 
 
 def as_relay_error(exc: Exception) -> RelayError:
