@@ -31,7 +31,9 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
@@ -258,6 +260,21 @@ async def run_direct(args: argparse.Namespace) -> None:
     server.close()
 
 
+def run_profiled(coro: Coroutine[Any, Any, None], profile: str | None, timer: Callable[[], float] | None = None) -> None:
+    """Run *coro* on uvloop, under cProfile (stats written to *profile*, timed by *timer*) if asked."""
+    if not profile:
+        uvloop.run(coro)
+        return
+    import cProfile
+    prof = cProfile.Profile(timer) if timer else cProfile.Profile()
+    prof.enable()
+    try:
+        uvloop.run(coro)
+    finally:
+        prof.disable()
+        prof.dump_stats(profile)
+
+
 def track_allocations() -> None:
     import tracemalloc
 
@@ -384,17 +401,7 @@ def main() -> None:
         gc.disable()
     if args.tracemalloc:
         track_allocations()
-    if args.profile:
-        import cProfile
-        prof = cProfile.Profile()
-        prof.enable()
-        try:
-            uvloop.run(run(args))
-        finally:
-            prof.disable()
-            prof.dump_stats(args.profile)
-    else:
-        uvloop.run(run(args))
+    run_profiled(run(args), args.profile)
 
 
 if __name__ == "__main__":

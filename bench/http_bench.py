@@ -140,15 +140,7 @@ class Child:
         return total
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc in rb._children:
-            rb._children.remove(self.proc)
+        rb.stop_child(self.proc, 20)
 
 
 def _cprofile(out: str | None) -> list[str]:

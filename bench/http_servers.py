@@ -35,14 +35,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from pathlib import Path
-
-import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _servers import announce, raise_nofile, wait_for_signal
+from _servers import announce, raise_nofile, run_profiled, wait_for_signal
 
 HELLO = b"Hello, world!\n"
 CHUNK = 64 * 1024
@@ -180,19 +179,8 @@ def main() -> None:
     args = parser.parse_args()
     raise_nofile()
     run = {"app": run_app, "listener": run_listener, "relay": run_relay}[args.kind]
-    if args.profile:
-        import cProfile
-        import time
-
-        prof = cProfile.Profile(time.process_time)
-        prof.enable()
-        try:
-            uvloop.run(run(args))
-        finally:
-            prof.disable()
-            prof.dump_stats(args.profile)
-    else:
-        uvloop.run(run(args))
+    # CPU time, not wall time: see the module docstring.
+    run_profiled(run(args), args.profile, time.process_time)
 
 
 if __name__ == "__main__":

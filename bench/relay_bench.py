@@ -90,6 +90,19 @@ def cleanup() -> None:
 atexit.register(cleanup)
 
 
+def stop_child(proc: subprocess.Popen, grace: float) -> None:
+    """Terminate a child (kill it after *grace* seconds) and forget it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc in _children:
+        _children.remove(proc)
+
+
 def _on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -118,15 +131,7 @@ class Server:
         return spec
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc in _children:
-            _children.remove(self.proc)
+        stop_child(self.proc, 30)
 
 
 def _busy() -> float:
