@@ -191,6 +191,10 @@ async def test_malformed_unknown_duplicate_and_stray_responses(relay, http):
             await listener.control.send(json.dumps({"response": {"requestId": request["id"], "statusCode": "abc",
                                                                  "body": True}}))
             await listener.control.send(b"ignored body")
+        elif target.endswith("/malformed-compact"):  # the typed fast path (hyco-https and the SDK write compact JSON)
+            await listener.control.send(json.dumps({"response": {"requestId": request["id"], "statusCode": 101,
+                                                                 "body": True}}, separators=(",", ":")))
+            await listener.control.send(b"ignored body")
         elif target.endswith("/unknown-then-real"):
             await listener.control.send(json.dumps({"response": {"requestId": "nope", "statusCode": 200,
                                                                  "body": True}}))
@@ -205,6 +209,9 @@ async def test_malformed_unknown_duplicate_and_stray_responses(relay, http):
     async with RawHttpListener(relay, "liar", answer) as listener:
         async with http.get(f"{relay.http}/liar/malformed") as r:
             assert r.status == 502 and "malformed response" in (await r.json())["error"]["message"]
+        async with http.get(f"{relay.http}/liar/malformed-compact") as r:
+            message = (await r.json())["error"]["message"]
+            assert r.status == 502 and "statusCode 101 cannot be relayed" in message and "TrackingId:" in message
         async with http.get(f"{relay.http}/liar/unknown-then-real") as r:
             assert r.status == 200 and await r.read() == b"real"
         async with http.get(f"{relay.http}/liar/twice") as r:
@@ -215,6 +222,22 @@ async def test_malformed_unknown_duplicate_and_stray_responses(relay, http):
             assert r.status == 502  # the listener broke the protocol and lost its channel
         await asyncio.wait_for(listener._task, 10)  # its read loop ends: the relay closed the channel
         assert listener.control.close_code == 1008
+
+
+async def test_response_that_is_not_utf8_closes_the_channel_with_1007(relay, http):
+    relay.create_hc("mangled", requires_client_authorization=False)
+
+    async def answer(listener, request, body):
+        await listener.control.send(b'{"response":{"requestId":"' + request["id"].encode() + b'\xff","statusCode":200}}',
+                                    text=True)
+
+    async with RawHttpListener(relay, "mangled", answer) as listener:
+        async with http.get(f"{relay.http}/mangled/x") as r:
+            assert r.status == 502  # its listener is gone at once, not a 504 a minute later
+            assert "TrackingId:" in (await r.json())["error"]["message"]
+        await asyncio.wait_for(listener._task, 10)
+        assert listener.control.close_code == 1007
+        assert "UTF-8" in listener.control.close_reason
 
 
 async def test_listener_drop_fails_requests_in_flight_at_once(relay, http):

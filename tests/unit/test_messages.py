@@ -272,3 +272,126 @@ def test_property_format_reason_is_one_latin1_line(message, tid, tracker):
     assert "\r" not in reason and "\n" not in reason
     reason.encode("latin-1")
     assert len(reason) <= 512
+
+
+# -- HTTP request and response messages: the typed fast path agrees with the tolerant one --------
+
+from hyrelay.protocol.messages import (  # noqa: E402
+    Endpoint,
+    HttpRequest,
+    MalformedResponse,
+    ResponseHead,
+    decode_request,
+    decode_response,
+    parse_relay_message,
+    parse_request,
+    parse_response,
+    request_message,
+    response_message,
+)
+
+_header_names = st.from_regex(r"[A-Za-z0-9\-]{1,12}", fullmatch=True)
+_header_values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\0"), max_size=20)
+
+
+def _slow_request(text: str) -> HttpRequest:
+    command = parse_relay_message(text)
+    return parse_request(command.body)
+
+
+def test_request_message_exact_json():
+    full = HttpRequest("wss://r/$hc/h?sb-hc-action=request&sb-hc-id=1", "1", "/h/x?q=1", "GET",
+                       Endpoint("10.0.0.7", 51234), {"Host": "r"}, False)
+    assert request_message(full) == (
+        '{"request":{"address":"wss://r/$hc/h?sb-hc-action=request&sb-hc-id=1","id":"1","requestTarget":"/h/x?q=1",'
+        '"method":"GET","remoteEndpoint":{"address":"10.0.0.7","port":51234},"requestHeaders":{"Host":"r"},'
+        '"body":false}}')
+    assert request_message(HttpRequest("wss://r/a", "2")) == '{"request":{"address":"wss://r/a","id":"2"}}'
+
+
+def test_full_request_always_carries_headers_and_body():
+    doc = json.loads(request_message(HttpRequest("a", "1", "/t", "POST")))["request"]
+    assert doc["requestHeaders"] == {} and doc["body"] is False and "remoteEndpoint" not in doc
+
+
+@given(st.text(max_size=30), st.text(max_size=10), st.text(max_size=30), st.sampled_from(["GET", "POST", "HEAD"]),
+       st.none() | st.tuples(st.text(max_size=15), st.integers(0, 65535)),
+       st.dictionaries(_header_names, _header_values, max_size=5), st.booleans())
+def test_property_request_fast_path_agrees(address, request_id, target, method, remote, headers, body):
+    message = HttpRequest(address, request_id, target, method, Endpoint(*remote) if remote else None, headers, body)
+    text = request_message(message)
+    fast = decode_request(text)
+    assert fast is not None
+    assert fast == _slow_request(text) == message
+
+
+@pytest.mark.parametrize("text", [
+    '{"request":{"address":"a","id":7,"method":"GET","requestHeaders":{"X":1}}}',  # id and value not strings
+    '{"request":{"address":"a","id":"1","remoteEndpoint":"somewhere"}}',
+    ' {"request":{"address":"a","id":"1"}}',  # not the compact form: left to json
+    '{"accept":{"address":"a","id":"1"}}',
+])
+def test_request_fast_path_leaves_the_rest_to_the_tolerant_path(text):
+    assert decode_request(text) is None
+
+
+def test_tolerant_request_path_still_converts():
+    request = _slow_request('{"request":{"address":"a","id":7,"method":"GET","requestHeaders":{"X":1},'
+                            '"remoteEndpoint":{"address":"h","port":"x"}}}')
+    assert (request.id, request.headers, request.remote_address, request.remote_port) == ("7", {"X": "1"}, "h", None)
+
+
+def _slow_response(data: bytes) -> ResponseHead:
+    message = parse_listener_message(data.decode())
+    assert isinstance(message, ListenerMessage) and message.name == "response"
+    return parse_response(message.body)
+
+
+@given(st.text(min_size=1, max_size=20), st.integers(200, 999), st.none() | st.text(max_size=20),
+       st.dictionaries(_header_names, _header_values, max_size=5), st.booleans())
+def test_property_response_fast_path_agrees(request_id, status, description, headers, body):
+    data = response_message(ResponseHead(request_id, status, description, headers, body)).encode()
+    fast = decode_response(data)
+    assert fast is not None
+    assert fast == _slow_response(data) == ResponseHead(request_id, status, description, headers, body)
+
+
+def test_response_message_exact_json():
+    assert response_message(ResponseHead("1", 200, None, None, None)) == (
+        '{"response":{"requestId":"1","statusCode":200,"responseHeaders":{},"body":false}}')
+
+
+@pytest.mark.parametrize("data", [
+    b'{"response":{"requestId":"1","statusCode":"200"}}',  # PROTO's example: a string status
+    b'{"response":{"requestId":"1","statusCode":200,"responseHeaders":{"X-N":5}}}',
+    b'{"response":{"requestId":"1","statusCode":200,"responseHeaders":{"X":"\\ud800"}}}',  # a lone surrogate
+    b'{"response":{"requestId":"","statusCode":200}}',
+    b'{"response":{"statusCode":200}}',
+    b'{"renewToken":{"token":"t"}}',
+])
+def test_response_fast_path_leaves_the_rest_to_the_tolerant_path(data):
+    assert decode_response(data) is None
+
+
+def test_string_status_is_still_accepted():
+    head = _slow_response(b'{"response":{"requestId":"1","statusCode":"201","body":true}}')
+    assert (head.status, head.body, head.headers) == (201, True, {})
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b'{"response":{"requestId":"1","statusCode":101,"body":true}}', "cannot be relayed"),
+    (b'{"response":{"requestId":"1","statusCode":200,"responseHeaders":{"Bad Name":"v"}}}', "not a valid HTTP header"),
+    (b'{"response":{"requestId":"1","statusCode":200,"responseHeaders":{"X":"a\\r\\nInjected: 1"}}}',
+     "not a valid HTTP header"),
+])
+def test_unusable_responses_are_malformed_on_both_paths(data, problem):
+    for parse in (decode_response, _slow_response):
+        with pytest.raises(MalformedResponse, match=problem) as caught:
+            parse(data)
+        assert caught.value.request_id == "1"
+    assert caught.value.body is (b'"body":true' in data)
+
+
+def test_invalid_utf8_is_left_to_the_tolerant_path():
+    # which decodes the text first and so closes the channel with 1007 (tested in test_http_relay)
+    assert decode_response(b'{"response":{"requestId":"\xff","statusCode":200}}') is None

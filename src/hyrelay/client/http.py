@@ -36,8 +36,8 @@ from websockets.exceptions import InvalidHandshake
 
 from ..protocol.errors import ProtocolViolation
 from ..protocol.headers import HOP_BY_HOP, MULTICAST_HEADER
-from ..protocol.messages import (MAX_CONTROL_MESSAGE, HttpRequest, RelayCommand, ResponseHead, parse_relay_message,
-                                 parse_request, response_message)
+from ..protocol.messages import (MAX_CONTROL_MESSAGE, HttpRequest, RelayCommand, ResponseHead, decode_request,
+                                 parse_relay_message, parse_request, response_message)
 from .connection import Headers
 
 __all__ = ["RelayedRequest", "RelayedResponse", "RequestBody", "RequestHandler", "ClientDisconnected",
@@ -930,6 +930,9 @@ class RequestDispatcher:
 
 def _parse_full_request(text: str) -> HttpRequest | None:
     """A full ``request`` (with ``method``) from *text*, or None."""
+    message = decode_request(text)
+    if message is not None:
+        return None if message.is_stub else message
     try:
         command = parse_relay_message(text)
         if not isinstance(command, RelayCommand) or command.name != "request":

@@ -26,8 +26,8 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from .. import __version__
 from ..protocol.addresses import build_address, filter_query, parse_hc_target, reject_address
 from ..protocol.errors import EndpointNotFound, ProtocolViolation, RelayError
-from ..protocol.messages import (MAX_CONTROL_MESSAGE, Accept, parse_relay_message, parse_request,
-                                 renew_token_message)
+from ..protocol.messages import (MAX_CONTROL_MESSAGE, Accept, HttpRequest, decode_request, parse_relay_message,
+                                 parse_request, renew_token_message)
 from ._endpoint import Endpoint, resolve
 from ._errors import error_from_handshake
 from .connection import MAX_FRAGMENT_SIZE, Headers, HybridConnection
@@ -488,6 +488,10 @@ class HybridConnectionListener:
         return None
 
     async def _on_control(self, link: ControlSocket, text: str) -> None:
+        request = decode_request(text)
+        if request is not None:
+            await self._on_request(link, request)
+            return
         try:
             message = parse_relay_message(text)
         except ProtocolViolation as err:
@@ -509,18 +513,18 @@ class HybridConnectionListener:
             self._accepts += 1
             self._spawn(work).add_done_callback(self._accept_done)
         elif message.name == "request":
-            await self._on_request(link, message.body)
+            try:
+                request = parse_request(message.body)
+            except ProtocolViolation as err:
+                _log.warning("event=request_invalid listener=%s message=%r", self.listener_id, err.message)
+                return
+            await self._on_request(link, request)
         else:
             # Unknown commands are ignored, as .NET does.
             _log.debug("event=control_ignored listener=%s command=%s", self.listener_id, message.name)
 
-    async def _on_request(self, link: ControlSocket, body: Any) -> None:
+    async def _on_request(self, link: ControlSocket, request: HttpRequest) -> None:
         """A relayed HTTP request: read its inline body here (it follows at once), handle it in a task."""
-        try:
-            request = parse_request(body)
-        except ProtocolViolation as err:
-            _log.warning("event=request_invalid listener=%s message=%r", self.listener_id, err.message)
-            return
         if request.is_stub:
             self._spawn(self._http.serve_rendezvous(request))
             return

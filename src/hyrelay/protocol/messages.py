@@ -7,10 +7,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from .errors import ProtocolViolation
 
 __all__ = ["accept_message", "RenewToken", "ListenerMessage", "parse_listener_message", "MAX_CONTROL_MESSAGE",
-           "Accept", "RelayCommand", "parse_relay_message", "renew_token_message"]
+           "Accept", "RelayCommand", "parse_relay_message", "renew_token_message", "Endpoint", "HttpRequest",
+           "request_message", "decode_request", "parse_request", "ResponseHead", "response_message",
+           "decode_response", "parse_response", "MalformedResponse"]
 
 #: Compact JSON, UTF-8 left as is; one encoder for every message (json.dumps with options builds one per call).
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -126,17 +130,25 @@ MAX_INLINE_REQUEST = 64 * 1024
 MAX_HEADER_METADATA = 32 * 1024
 
 
-@dataclass(slots=True)  # not frozen: built per request, and a frozen __init__ costs ~5x
-class HttpRequest:
+class Endpoint(msgspec.Struct):
+    """``remoteEndpoint``: the HTTP client's address and port, as the relay saw them."""
+
+    address: str | None = None
+    port: int | None = None
+
+
+# The per-request messages are msgspec structs: one C call encodes or decodes and type-checks a
+# whole message, where json plus checks in Python cost several times more (they run per request).
+class HttpRequest(msgspec.Struct, omit_defaults=True,
+                  rename={"target": "requestTarget", "remote": "remoteEndpoint", "headers": "requestHeaders"}):
     """``{"request":{...}}``: a full request (``method`` and ``body`` present) or a rendezvous stub."""
 
     address: str
     id: str
     target: str | None = None
     method: str | None = None
+    remote: Endpoint | None = None
     headers: dict[str, str] | None = None
-    remote_address: str | None = None
-    remote_port: int | None = None
     body: bool | None = None
 
     @property
@@ -144,18 +156,40 @@ class HttpRequest:
         """True if the listener must fetch the request over a rendezvous (spec §4.5)."""
         return self.method is None
 
+    @property
+    def remote_address(self) -> str | None:
+        return None if self.remote is None else self.remote.address
+
+    @property
+    def remote_port(self) -> int | None:
+        return None if self.remote is None else self.remote.port
+
+
+class _RequestCommand(msgspec.Struct):
+    request: HttpRequest
+
+
+_encode_struct = msgspec.json.Encoder().encode
+_decode_request = msgspec.json.Decoder(_RequestCommand).decode
+
 
 def request_message(request: HttpRequest) -> str:
-    """Encode a ``request``; a stub carries only ``address`` and ``id``, a full one always ``body``."""
-    doc: dict[str, Any] = {"address": request.address, "id": request.id}
-    if not request.is_stub:
-        doc["requestTarget"] = request.target
-        doc["method"] = request.method
-        if request.remote_address is not None:
-            doc["remoteEndpoint"] = {"address": request.remote_address, "port": request.remote_port}
-        doc["requestHeaders"] = request.headers or {}
-        doc["body"] = bool(request.body)
-    return _encode({"request": doc})
+    """Encode a ``request``; a stub carries only ``address`` and ``id``, a full one always
+    ``requestHeaders`` and ``body``."""
+    if not request.is_stub and (request.headers is None or request.body is None):
+        request = msgspec.structs.replace(request, headers=request.headers or {}, body=bool(request.body))
+    return _encode_struct(_RequestCommand(request)).decode()
+
+
+def decode_request(text: str) -> HttpRequest | None:
+    """The request in *text* if it is a plain, well-typed ``request`` command (listener side);
+    None means: parse it with :func:`parse_relay_message`, which tolerates more."""
+    if not text.startswith('{"request":'):
+        return None
+    try:
+        return _decode_request(text).request
+    except (msgspec.DecodeError, UnicodeError):
+        return None
 
 
 def parse_request(body: Any) -> HttpRequest:
@@ -178,32 +212,38 @@ def parse_request(body: Any) -> HttpRequest:
             headers = {k: str(v) for k, v in headers.items()}
             break
     request_id = body["id"]
+    address, port = remote.get("address"), remote.get("port")
     return HttpRequest(
         body["address"], request_id if type(request_id) is str else str(request_id), body.get("requestTarget"),
-        method, headers, remote.get("address"), remote.get("port"),
-        bool(body.get("body")) if "body" in body else None,
+        method, Endpoint(address if isinstance(address, str) else None, port if type(port) is int else None)
+        if remote else None, headers, bool(body.get("body")) if "body" in body else None,
     )
 
 
-@dataclass(slots=True)  # not frozen: built per request, and a frozen __init__ costs ~5x
-class ResponseHead:
+class ResponseHead(msgspec.Struct, omit_defaults=True,
+                   rename={"request_id": "requestId", "status": "statusCode", "description": "statusDescription",
+                           "headers": "responseHeaders"}):
     """``{"response":{...}}``: status line and headers of a relayed HTTP response."""
 
     request_id: str
     status: int
     description: str | None = None
     headers: dict[str, str] | None = None
-    body: bool = False
+    body: bool | None = None  # None (absent) reads as False; encoded only when given
+
+
+class _ResponseCommand(msgspec.Struct):
+    response: ResponseHead
+
+
+_decode_response = msgspec.json.Decoder(_ResponseCommand).decode
 
 
 def response_message(head: ResponseHead) -> str:
-    """Encode a ``response`` (listener side)."""
-    doc: dict[str, Any] = {"requestId": head.request_id, "statusCode": head.status}
-    if head.description is not None:
-        doc["statusDescription"] = head.description
-    doc["responseHeaders"] = head.headers or {}
-    doc["body"] = head.body
-    return _encode({"response": doc})
+    """Encode a ``response`` (listener side); ``responseHeaders`` and ``body`` are always there."""
+    if head.headers is None or head.body is None:
+        head = msgspec.structs.replace(head, headers=head.headers or {}, body=bool(head.body))
+    return _encode_struct(_ResponseCommand(head)).decode()
 
 
 #: An HTTP header name (RFC 7230 token).
@@ -222,6 +262,26 @@ class MalformedResponse(ProtocolViolation):
         self.body = body
 
 
+def decode_response(data: bytes) -> ResponseHead | None:
+    """The head in *data* if it is a plain, well-typed ``response`` command (relay side).
+
+    None means: parse it with :func:`parse_listener_message` and :func:`parse_response`, which
+    tolerate more (a status as a string, non-string header values).
+
+    Raises:
+        MalformedResponse: well-typed, but the status or a header cannot be relayed.
+    """
+    if not data.startswith(b'{"response":'):
+        return None
+    try:
+        head = _decode_response(data).response
+    except (msgspec.DecodeError, UnicodeError):
+        return None
+    if not head.request_id:
+        return None  # the generic path names the problem
+    return _checked(head)
+
+
 def parse_response(body: Any) -> ResponseHead:
     """Decode the body of a ``response`` command (relay side), tolerant as spec §8.5 asks.
 
@@ -237,19 +297,31 @@ def parse_response(body: Any) -> ResponseHead:
         status = int(status)  # PROTO's example sends it as a string
     except (TypeError, ValueError):
         raise MalformedResponse(f"response.statusCode {status!r} is not a number", request_id, has_body) from None
-    if not 200 <= status <= 999:
-        raise MalformedResponse(f"response.statusCode {status} cannot be relayed", request_id, has_body)
     headers = body.get("responseHeaders") or {}
     if not isinstance(headers, dict):
         raise MalformedResponse("response.responseHeaders must be an object", request_id, has_body)
     clean = {name if isinstance(name, str) else str(name): value if isinstance(value, str) else str(value)
              for name, value in headers.items()}
+    description = body.get("statusDescription")
+    return _checked(ResponseHead(request_id, status, description if isinstance(description, str) else None,
+                                 clean, has_body))
+
+
+def _checked(head: ResponseHead) -> ResponseHead:
+    """*head* with ``body`` a bool, if its status and headers can be relayed.
+
+    Raises:
+        MalformedResponse: they cannot.
+    """
+    has_body = head.body is True
+    if not 200 <= head.status <= 999:
+        raise MalformedResponse(f"response.statusCode {head.status} cannot be relayed", head.request_id, has_body)
+    clean = head.headers
     if clean and ("" in clean or not _TOKEN.fullmatch("".join(clean)) or _BAD_VALUE.search("".join(clean.values()))):
         # Found at once for all headers; name the culprit only on this slow path.
         for name, value in clean.items():
             if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
                 raise MalformedResponse(f"response header {name[:40]!r} is not a valid HTTP header",
-                                        request_id, has_body)
-    description = body.get("statusDescription")
-    return ResponseHead(request_id, status, description if isinstance(description, str) else None,
-                        clean, has_body)
+                                        head.request_id, has_body)
+    head.body = has_body
+    return head

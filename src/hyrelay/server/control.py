@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..protocol.errors import BadGateway, ProtocolViolation, RelayError, close_reason
-from ..protocol.messages import MAX_CONTROL_MESSAGE, ListenerMessage, RenewToken, parse_listener_message
+from ..protocol.messages import (MAX_CONTROL_MESSAGE, ListenerMessage, MalformedResponse, RenewToken, decode_response,
+                                 parse_listener_message, parse_response)
 from .engine import WSFrame, WSListener, WSMsgType, WSTransport, send_close, send_frame
 from .exchange import HttpExchange, ResponseRouter
 
@@ -81,15 +82,24 @@ class ListenerSocket(WSListener):
             self.close(1009, close_reason(f"Control messages are limited to {MAX_CONTROL_MESSAGE} bytes"))
             return
         try:
-            message = parse_listener_message(data.decode())
-            if isinstance(message, ListenerMessage) and message.name == "response":
-                self.on_response(self.responses.on_response(message.body))
-            else:
-                self.on_command(message)
+            head = decode_response(data)
+            if head is None:
+                message = parse_listener_message(data.decode())
+                if not isinstance(message, ListenerMessage) or message.name != "response":
+                    self.on_command(message)
+                    return
+                head = parse_response(message.body)
+            exchange = self.responses.on_response(head)
         except UnicodeDecodeError:
             self.close(1007, close_reason("Control message is not valid UTF-8"))
+            return
+        except MalformedResponse as err:
+            self.responses.on_malformed(err)
+            return
         except ProtocolViolation as err:
             self.violation(err)
+            return
+        self.on_response(exchange)
 
     def on_command(self, message: RenewToken | ListenerMessage) -> None:
         _log.debug("event=command_ignored command=%s", getattr(message, "name", "renewToken"))

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from ..protocol.errors import BadGateway, GatewayTimeout, InternalError, RelayError
-from ..protocol.messages import MalformedResponse, ResponseHead, parse_response
+from ..protocol.messages import MalformedResponse, ResponseHead
 from .engine import WSTransport
 
 __all__ = ["HttpExchange", "ResponseQueue", "ResponseRouter", "ResponseSink"]
@@ -217,21 +217,8 @@ class ResponseRouter:
         self.exchanges: dict[str, HttpExchange] = {}
         self._body: HttpExchange | _Discard | None = None
 
-    def on_response(self, doc: Any) -> HttpExchange | None:
-        """Route a ``response``; returns its exchange, or None if nobody waits for it.
-
-        Raises:
-            ProtocolViolation: the response has no requestId, so the channel cannot be trusted.
-        """
-        try:
-            head = parse_response(doc)
-        except MalformedResponse as err:
-            exchange = self.exchanges.pop(err.request_id, None)
-            if err.body:
-                self._body = _DISCARD
-            if exchange is not None:
-                exchange.fail(BadGateway(f"The listener sent a malformed response: {err.message}"))
-            return None
+    def on_response(self, head: ResponseHead) -> HttpExchange | None:
+        """Route a ``response``; returns its exchange, or None if nobody waits for it."""
         exchange = self.exchanges.pop(head.request_id, None)
         if exchange is None:
             # Late (after a timeout), duplicate, or an answer to a multicast copy: drained, not an error.
@@ -241,6 +228,14 @@ class ResponseRouter:
         if exchange is not None:
             exchange.deliver(head)
         return exchange
+
+    def on_malformed(self, err: MalformedResponse) -> None:
+        """A ``response`` for a known request that cannot be relayed: that client gets a 502."""
+        exchange = self.exchanges.pop(err.request_id, None)
+        if err.body:
+            self._body = _DISCARD
+        if exchange is not None:
+            exchange.fail(BadGateway(f"The listener sent a malformed response: {err.message}"))
 
     def on_body_frame(self, data: bytes, fin: bool, source: WSTransport) -> bool:
         """Feed a binary frame to the response it belongs to; False if no body is pending."""

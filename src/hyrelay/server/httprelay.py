@@ -20,6 +20,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -28,7 +29,7 @@ from ..protocol.errors import (BadGateway, BadRequest, EndpointNotFound, Gateway
                                RelayError,
                                RequestTooLarge, safe_reason)
 from ..protocol.headers import MULTICAST_HEADER, add_via, request_headers, response_headers
-from ..protocol.messages import MAX_HEADER_METADATA, MAX_INLINE_REQUEST, HttpRequest, request_message
+from ..protocol.messages import MAX_HEADER_METADATA, MAX_INLINE_REQUEST, Endpoint, HttpRequest, request_message
 from ..store.model import HybridConnection
 from .control import ControlChannel, RequestRendezvous
 from .exchange import HttpExchange, ResponseQueue, ResponseSink
@@ -147,8 +148,7 @@ class HttpRelay:
         # Both ids are URL-safe already: no quoting needed (this runs for every request).
         address = (f"{channel.base_url}/$hc/{route.raw_path.lstrip('/')}?sb-hc-action=request"
                    f"&sb-hc-id={request_id}&sb-hc-{RENDEZVOUS_PARAM}={secret}")
-        full = HttpRequest(address, request_id, route.target, method, route.headers,
-                           str(peer[0]) if peer else None, int(peer[1]) if peer else None, bool(inline_body))
+        full = HttpRequest(address, request_id, route.target, method, _endpoint(peer), route.headers, bool(inline_body))
         self.relay.router.add_pending(secret, exchange)
         channel.responses.exchanges[request_id] = exchange
         if inline_body is not None:
@@ -377,8 +377,7 @@ def fan_out(listeners: list[ControlChannel], raw_path: str, target: str, method:
         if channel.buffered > MULTICAST_MAX_BUFFER:
             continue  # this listener is not keeping up: it misses the message, nobody else waits
         address = build_address(channel.base_url, raw_path.lstrip("/"), "", action="request", id="multicast")
-        message = HttpRequest(address, str(uuid.uuid4()), target, method, headers,
-                              str(peer[0]) if peer else None, int(peer[1]) if peer else None, bool(body))
+        message = HttpRequest(address, str(uuid.uuid4()), target, method, _endpoint(peer), headers, bool(body))
         # Text and body back to back with no await between: nothing can interleave.
         if channel.send_text(request_message(message)):
             if body:
@@ -394,8 +393,11 @@ async def _prepend(first: bytes, rest):
 
 
 def _with_body(request: HttpRequest, body: bool) -> HttpRequest:
-    return HttpRequest(request.address, request.id, request.target, request.method, request.headers,
-                       request.remote_address, request.remote_port, body)
+    return msgspec.structs.replace(request, body=body)
+
+
+def _endpoint(peer: tuple | None) -> Endpoint | None:
+    return Endpoint(str(peer[0]), int(peer[1])) if peer else None
 
 
 class _Entropy:
