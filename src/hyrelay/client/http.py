@@ -302,6 +302,10 @@ def split_target(target: str, entity: str) -> tuple[str, str, str]:
     """
     raw, _, query = target.partition("?")
     names = _segments(entity)
+    if len(names) == 1:  # the common case, without the loop: "/name" then "/" or the end
+        end = len(names[0]) + 1
+        if raw[:1] == "/" and raw[1:end].lower() == names[0] and raw[end:end + 1] in ("/", ""):
+            return raw[:end], raw[end:] or "/", query
     pos = matched = 0
     while matched < len(names):
         while pos < len(raw) and raw[pos] == "/":
@@ -347,8 +351,9 @@ class RelayedRequest:
         self.path = _unquote(self.raw_path)
         self._raw_headers = message.headers
         self._headers: Headers | None = None
+        remote = message.remote
         self.remote_endpoint: tuple[str, int] | None = (
-            (message.remote_address, int(message.remote_port or 0)) if message.remote_address else None)
+            (remote.address, int(remote.port or 0)) if remote is not None and remote.address else None)
         self.has_body = bool(message.body)
         self.body = body
         self.scheme = scheme

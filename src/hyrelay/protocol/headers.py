@@ -27,12 +27,19 @@ _NOT_RELAYED_WITH_AUTHORIZATION = _NOT_RELAYED | {"authorization"}
 
 
 def _joined(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> dict[str, str]:
-    """Headers as a flat map: original casing of the first occurrence, repeats joined with ', '."""
+    """Headers as a flat map: original casing of the first occurrence, repeats joined with ', '.
+
+    Headers that a ``Connection`` header names are dropped too when *drop* holds ``connection``
+    (RFC 7230 §6.1: they are hop-by-hop; once Connection is gone the listener could not tell).
+    """
     result: dict[str, str] = {}
     index: dict[str, str] = {}
+    named: set[str] | None = None
     for name, value in headers:
         lower = name.lower()
         if lower in drop:
+            if lower == "connection":
+                named = (named or set()) | {token.strip().lower() for token in value.split(",")}
             continue
         if lower in index:
             key = index[lower]
@@ -40,6 +47,9 @@ def _joined(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> dict[st
         else:
             index[lower] = name
             result[name] = value
+    if named:
+        for lower in named & index.keys():
+            del result[index[lower]]
     return result
 
 
@@ -53,13 +63,7 @@ def request_headers(headers: Iterable[tuple[str, str]], *, strip_authorization: 
 
     ``Authorization`` is removed only when the relay evaluated it (*strip_authorization*).
     """
-    headers = list(headers)
-    # Headers named in Connection are hop-by-hop too (RFC 7230 §6.1); once Connection is gone the
-    # listener could not tell, so they are dropped here.
-    named = {token.strip().lower() for name, value in headers if name.lower() == "connection"
-             for token in value.split(",") if token.strip()}
-    drop = _NOT_RELAYED_WITH_AUTHORIZATION if strip_authorization else _NOT_RELAYED
-    return _joined(headers, drop | named if named else drop)
+    return _joined(headers, _NOT_RELAYED_WITH_AUTHORIZATION if strip_authorization else _NOT_RELAYED)
 
 
 class ResponseHeaders(NamedTuple):

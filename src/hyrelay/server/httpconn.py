@@ -361,7 +361,8 @@ class HttpConnection(asyncio.Protocol):
         status = head.status
         lines = [f"HTTP/1.1 {status} {reason_phrase(status, head.description)}"]
         sorted_out = response_headers(head.headers) if head.headers else _NO_HEADERS
-        lines.extend(f"{name}: {value}" for name, value in sorted_out.kept)
+        for name, value in sorted_out.kept:
+            lines.append(f"{name}: {value}")
         lines.append(f"Via: {add_via(sorted_out.via, self._index.get('host') or self.relay.namespace)}")
         if not sorted_out.has_date:
             lines.append(f"Date: {_http_date()}")

@@ -7,7 +7,6 @@ chunked ones go by rendezvous and stream. Responses stream back as they arrive.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import os
@@ -114,14 +113,17 @@ class HttpRelay:
                 token, evaluated_authorization = get("authorization"), True
             relay.authorize_sender(token, hc, path_segments(decoded))
         key = relay.hc_key(hc.name)
-        allowed = relay.id_set(get("microsoft-relay-allowedlisteners"))
-        disallowed = relay.id_set(get("microsoft-relay-disallowedlisteners"))
+        allow = get("microsoft-relay-allowedlisteners")
+        deny = get("microsoft-relay-disallowedlisteners")
+        allowed = disallowed = None
+        if allow is not None or deny is not None:  # rare: no two calls per request otherwise
+            allowed, disallowed = relay.id_set(allow), relay.id_set(deny)
         if hc.multicast:  # every listener, even none; fan_out skips those far behind
             candidates = relay.router.choose(key, allowed, disallowed)
         else:
             candidates = relay.choose(key, hc.name, allowed, disallowed, BadGateway)
         relayed = request_headers(headers, strip_authorization=evaluated_authorization)
-        head_size = sum(len(k) + len(v) + 4 for k, v in relayed.items())
+        head_size = sum(map(len, relayed)) + sum(map(len, relayed.values())) + 4 * len(relayed)
         if head_size > MAX_HEADER_METADATA:
             raise HeadersTooLarge(f"The request headers are {head_size} bytes; at most "
                                   f"{MAX_HEADER_METADATA} can be relayed")
@@ -421,11 +423,10 @@ _entropy = _Entropy()
 
 def _new_ids() -> tuple[str, str]:
     """A request id (a UUID4) and a rendezvous secret (128 random bits)."""
-    raw = _entropy.take(32)
-    h = raw[:16].hex()
+    h = _entropy.take(32).hex()
     # uuid.UUID(bytes=..., version=4) spelled out: this runs for every request.
-    request_id = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
-    return request_id, base64.urlsafe_b64encode(raw[16:]).rstrip(b"=").decode()
+    request_id = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+    return request_id, h[32:]
 
 
 def no_answer_in_time() -> GatewayTimeout:
