@@ -126,3 +126,38 @@ async def test_a_client_that_stops_reading_an_answer_streamed_on_the_control_cha
             async with Conn.connect(relay) as other:
                 other.send(get("/front/other"))  # its answer queues behind the flood on the control channel
                 assert (await other.response())[3] == b"GET /front/other 0"
+
+
+async def test_a_slow_client_of_a_handed_over_request_is_cut_too(relay):
+    """The aiohttp front end (here for a request with ``Expect``) paused the control channel instead."""
+    relay.create_hc("front", requires_client_authorization=False)
+    chunk = b"z" * 65536
+    flowing = asyncio.Event()
+
+    async def answer(listener, request, body):
+        if not request["requestTarget"].endswith("/flood"):
+            await echo(listener, request, body)
+            return
+        doc = {"requestId": request["id"], "statusCode": 200, "responseHeaders": {}, "body": True}
+
+        async def fragments():
+            for i in range(1024):  # 64 MiB, far more than the client will read or sockets hold
+                if i == 64:
+                    flowing.set()
+                yield chunk
+
+        await listener.control.send(json.dumps({"response": doc}))
+        await listener.control.send(fragments())
+
+    async with RawHttpListener(relay, "front", answer):
+        async with Conn.connect(relay) as slow:
+            slow.send(get("/front/flood", "Expect: 100-continue", "Content-Length: 0"))  # and never read
+            await asyncio.wait_for(flowing.wait(), 10)
+            async with Conn.connect(relay) as other:
+                other.send(get("/front/other"))  # its answer queues behind the flood on the control channel
+                assert (await other.response())[3] == b"GET /front/other 0"
+            # The slow client's connection was cut: what it can still read ends early.
+            got = 0
+            while data := await asyncio.wait_for(slow.reader.read(1 << 20), 10):
+                got += len(data)
+            assert got < 64 * len(chunk) * 16

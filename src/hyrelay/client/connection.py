@@ -38,6 +38,15 @@ class Headers(Mapping[str, str]):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._index
 
+    # get() and items() spelled out: Mapping's own go through __getitem__ and KeyError, or build
+    # views in Python, and proxies call them for every header of every request.
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        key = self._index.get(name.lower()) if isinstance(name, str) else None
+        return default if key is None else self._items[key]
+
+    def items(self):  # type: ignore[override]
+        return self._items.items()
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 

@@ -16,17 +16,20 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from ..protocol.errors import BadGateway, GatewayTimeout, InternalError, RelayError
+from ..protocol.errors import BadGateway, GatewayTimeout, InternalError, RelayError, ServerBusy
 from ..protocol.messages import MalformedResponse, ResponseHead
 from .engine import WSTransport
 
-__all__ = ["HttpExchange", "ResponseQueue", "ResponseRouter", "ResponseSink"]
+__all__ = ["HttpExchange", "ResponseQueue", "ResponseRouter", "ResponseSink", "SLOW_CLIENT_LIMIT"]
 
 _log = logging.getLogger("hyrelay.server")
 
 #: Pause the listener's socket once this much response body waits for a slow HTTP client.
 HIGH_WATER = 1 << 20
 LOW_WATER = 256 << 10
+#: A client that leaves this much of an answer streaming on a control channel unread is cut: pausing
+#: the control channel would stall every other request of that listener behind this client.
+SLOW_CLIENT_LIMIT = 4 << 20
 
 
 class ResponseSink(Protocol):
@@ -128,10 +131,12 @@ class HttpExchange:
 class ResponseQueue:
     """A sink for a coroutine: the head as a future, the body as an async stream."""
 
-    __slots__ = ("head", "_chunks", "_buffered", "_paused", "_whole", "_fed")
+    __slots__ = ("head", "exchange", "_chunks", "_buffered", "_paused", "_whole", "_fed")
 
     def __init__(self) -> None:
         self.head: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
+        #: The exchange this queue serves; set as soon as its request is out.
+        self.exchange: HttpExchange | None = None
         self._chunks: asyncio.Queue[bytes | RelayError | None] = asyncio.Queue()
         self._buffered = 0
         self._paused: WSTransport | None = None
@@ -153,10 +158,23 @@ class ResponseQueue:
             self._chunks.put_nowait(data)
             self._buffered += len(data)
             if self._buffered > HIGH_WATER and self._paused is None:
-                self._paused = source
-                source.underlying_transport.pause_reading()
+                exchange = self.exchange
+                if exchange is None or exchange.rendezvous is not None:
+                    self._paused = source  # a socket of this request's own: hold the listener
+                    source.underlying_transport.pause_reading()
+                elif self._buffered > SLOW_CLIENT_LIMIT:
+                    self._cut(exchange)
+                    return
         if fin:
             self._chunks.put_nowait(None)
+
+    def _cut(self, exchange: HttpExchange) -> None:
+        """Drop what waits and end the response with an error: the client's connection is cut."""
+        while not self._chunks.empty():
+            self._chunks.get_nowait()
+        self._buffered = 0
+        exchange.fail(ServerBusy(f"The client left more than {SLOW_CLIENT_LIMIT >> 20} MiB of a response "
+                                 "streaming on the listener's control channel unread"))
 
     def response_failed(self, err: RelayError) -> None:
         if not self.head.done():

@@ -24,7 +24,7 @@ from ..protocol.errors import BadRequest, GatewayTimeout, HeadersTooLarge, Relay
 from ..protocol.headers import ResponseHeaders, add_via, response_headers
 from ..protocol.messages import MAX_INLINE_REQUEST, ResponseHead
 from .engine import WSTransport
-from .exchange import HttpExchange
+from .exchange import SLOW_CLIENT_LIMIT, HttpExchange
 from .handshake import error_response, json_response, utc_timestamp
 from .httprelay import as_relay_error, no_answer_in_time, reason_phrase
 
@@ -37,8 +37,6 @@ _access = logging.getLogger("hyrelay.access")
 
 #: An idle keep-alive connection is closed after this many seconds (aiohttp's default too).
 KEEPALIVE = 75.0
-#: A client that leaves this much of an answer streaming on a control channel unread is cut.
-SLOW_CLIENT_LIMIT = 4 << 20
 #: Request headers whose presence sends the connection to the aiohttp front end.
 _HANDED_OVER = frozenset({"transfer-encoding", "expect", "upgrade", "x-process-at"})
 _NO_HEADERS = ResponseHeaders([], None, None, False)

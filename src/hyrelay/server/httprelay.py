@@ -224,6 +224,7 @@ class HttpRelay:
             else:
                 exchange, full = self.open(route, request.method, peer, queue, inline_body=None)
                 body_task = asyncio.create_task(self._stream_request(request, exchange, full))
+            queue.exchange = exchange
             timeout = self.timeout(route.hc)
             # One timer instead of wait_for(shield(...)): it fails the exchange, which wakes us.
             timer = (asyncio.get_running_loop().call_later(timeout, exchange.fail, no_answer_in_time())
