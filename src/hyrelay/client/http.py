@@ -526,11 +526,12 @@ class _BodyStream:
             self._task.exception()  # retrieved: the failure was already reported to the writer
 
 
+#: Standard reason phrases; looked up for every response, and HTTPStatus(n) is an enum call.
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+
+
 def _phrase(status: int) -> str | None:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return None
+    return _PHRASES.get(status)
 
 
 class RelayedResponse:
@@ -838,7 +839,7 @@ class RequestDispatcher:
                            problem: tuple[int, str] | None = None) -> None:
         """A request that came whole on the control channel; *problem* answers it without the handler."""
         request = self._request(message, RequestBody.of(body))
-        multicast = any(name.lower() == _MULTICAST for name in message.headers or ())
+        multicast = _MULTICAST in map(str.lower, message.headers or ())
         channel = _Channel(_DISCARD if multicast else control, message.address, self._connect)
         try:
             if problem is not None:
