@@ -196,13 +196,19 @@ async def test_head_sends_headers_and_no_body(relay, base: str, http: aiohttp.Cl
     async def handler(request: RelayedRequest, response: RelayedResponse) -> None:
         methods.append(request.method)
         response.headers["X-Thing"] = "present"
+        if request.path == "/sized":
+            response.headers["Content-Length"] = "12345"  # what a GET would carry
         await response.end(b"a body a HEAD client must not get")
 
     async with serving(relay, handler):
         async with http.head(f"{base}/thing") as resp:
             assert resp.status == 200 and resp.headers["X-Thing"] == "present"
             assert await resp.read() == b""
-    assert methods == ["HEAD"]
+        async with http.head(f"{base}/sized") as resp:
+            assert resp.headers["Content-Length"] == "12345" and await resp.read() == b""
+        async with http.get(f"{base}/sized") as resp:  # a GET is framed by its real body, not the header
+            assert await resp.read() == b"a body a HEAD client must not get"
+    assert methods == ["HEAD", "HEAD", "GET"]
 
 
 async def test_custom_status_reason_and_repeated_response_headers(relay, base: str,
@@ -524,6 +530,17 @@ async def test_proxy_get_with_forwarding_headers(relay, base: str, http: aiohttp
                    "xff": "203.0.113.9, 127.0.0.1", "proto": "http", "xfhost": relay.http.removeprefix("http://"),
                    "prefix": f"/{HC}", "custom": "kept", "ua": http.headers.get("User-Agent")
                    or aiohttp.http.SERVER_SOFTWARE}
+
+
+async def test_proxy_answers_head_with_the_length_a_get_would_get(relay, base: str, http: aiohttp.ClientSession,
+                                                                   local_app: tuple[str, asyncio.Event]) -> None:
+    target, _ = local_app
+    async with ProxyHandler(target) as proxy, serving(relay, proxy):
+        async with http.get(f"{base}/hello") as resp:
+            length = len(await resp.read())
+        async with http.head(f"{base}/hello") as resp:
+            assert resp.status == 200 and resp.headers["X-Served-By"] == "local"
+            assert resp.headers["Content-Length"] == str(length) and await resp.read() == b""
 
 
 async def test_proxy_streams_a_5mib_post_both_ways(relay, base: str, http: aiohttp.ClientSession,

@@ -546,7 +546,8 @@ class RelayedResponse:
         reason: the reason phrase; None sends the standard one.
         headers: a case-insensitive multidict; repeated names go out joined with ``", "``
             (the wire carries one string per name, spec §4.11). Hop-by-hop headers such as
-            Content-Length are dropped: the relay frames the response itself.
+            Content-Length are dropped: the relay frames the response itself. An answer to HEAD
+            keeps a Content-Length the handler sets, as the length a GET would get.
     """
 
     def __init__(self, request: RelayedRequest, channel: _Channel, flush_interval: float | None) -> None:
@@ -617,8 +618,8 @@ class RelayedResponse:
         index: dict[str, str] = {}
         for name, value in self.headers.items():
             lower = name.lower()
-            if lower in _DROPPED_RESPONSE_HEADERS:
-                continue
+            if lower in _DROPPED_RESPONSE_HEADERS and not (lower == "content-length" and self._discard_body):
+                continue  # a HEAD answer keeps its Content-Length: the length a GET would get
             if lower in index:
                 headers[index[lower]] += f", {value}"
             else:

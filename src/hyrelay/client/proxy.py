@@ -35,6 +35,8 @@ CHUNK = 64 * 1024
 _DROP_REQUEST = HOP_BY_HOP | {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
                               "x-forwarded-prefix"}
 _DROP_RESPONSE = HOP_BY_HOP | {"via"}
+#: An answer to HEAD keeps its Content-Length: the length a GET would get.
+_DROP_RESPONSE_TO_HEAD = _DROP_RESPONSE - {"content-length"}
 #: An upstream answer with a Content-Length up to this is read whole and sent with one end().
 WHOLE_BODY = 64 * 1024
 _DEFAULT_HEADERS = ("User-Agent", "Accept-Encoding", "Accept")
@@ -147,7 +149,7 @@ class ProxyHandler:
             response.status = upstream.status
             response.reason = upstream.reason
             upstream_headers = upstream.headers
-            drop = _drop_set(_DROP_RESPONSE, upstream_headers)
+            drop = _drop_set(_DROP_RESPONSE_TO_HEAD if request.method == "HEAD" else _DROP_RESPONSE, upstream_headers)
             add = response.headers.add
             rewrite = self.rewrite_redirects
             for name, value in upstream_headers.items():
