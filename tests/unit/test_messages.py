@@ -302,11 +302,11 @@ def _slow_request(text: str) -> HttpRequest:
 def test_request_message_exact_json():
     full = HttpRequest("wss://r/$hc/h?sb-hc-action=request&sb-hc-id=1", "1", "/h/x?q=1", "GET",
                        Endpoint("10.0.0.7", 51234), {"Host": "r"}, False)
-    assert request_message(full) == (
+    assert request_message(full).decode() == (
         '{"request":{"address":"wss://r/$hc/h?sb-hc-action=request&sb-hc-id=1","id":"1","requestTarget":"/h/x?q=1",'
         '"method":"GET","remoteEndpoint":{"address":"10.0.0.7","port":51234},"requestHeaders":{"Host":"r"},'
         '"body":false}}')
-    assert request_message(HttpRequest("wss://r/a", "2")) == '{"request":{"address":"wss://r/a","id":"2"}}'
+    assert request_message(HttpRequest("wss://r/a", "2")) == b'{"request":{"address":"wss://r/a","id":"2"}}'
 
 
 def test_full_request_always_carries_headers_and_body():
@@ -319,7 +319,7 @@ def test_full_request_always_carries_headers_and_body():
        st.dictionaries(_header_names, _header_values, max_size=5), st.booleans())
 def test_property_request_fast_path_agrees(address, request_id, target, method, remote, headers, body):
     message = HttpRequest(address, request_id, target, method, Endpoint(*remote) if remote else None, headers, body)
-    text = request_message(message)
+    text = request_message(message).decode()
     fast = decode_request(text)
     assert fast is not None
     assert fast == _slow_request(text) == message

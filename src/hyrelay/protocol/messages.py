@@ -173,12 +173,12 @@ _encode_struct = msgspec.json.Encoder().encode
 _decode_request = msgspec.json.Decoder(_RequestCommand).decode
 
 
-def request_message(request: HttpRequest) -> str:
-    """Encode a ``request``; a stub carries only ``address`` and ``id``, a full one always
-    ``requestHeaders`` and ``body``."""
+def request_message(request: HttpRequest) -> bytes:
+    """Encode a ``request`` as UTF-8 text; a stub carries only ``address`` and ``id``, a full one
+    always ``requestHeaders`` and ``body``."""
     if not request.is_stub and (request.headers is None or request.body is None):
         request = msgspec.structs.replace(request, headers=request.headers or {}, body=bool(request.body))
-    return _encode_struct(_RequestCommand(request)).decode()
+    return _encode_struct(_RequestCommand(request))
 
 
 def decode_request(text: str) -> HttpRequest | None:

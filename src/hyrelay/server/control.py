@@ -111,11 +111,11 @@ class ListenerSocket(WSListener):
         _log.info("event=listener_protocol_violation tracking_id=%s reason=%r", err.tracking_id, err.message)
         self.close(err.close_code, err.close_reason())
 
-    def send_text(self, text: str) -> bool:
-        """Send one command; False if the socket is already gone."""
+    def send_text(self, text: str | bytes) -> bool:
+        """Send one command (bytes: already UTF-8); False if the socket is already gone."""
         if self.closed or self.transport is None or self.transport.is_disconnected:
             return False
-        send_frame(self.transport, WSMsgType.TEXT, text.encode())
+        send_frame(self.transport, WSMsgType.TEXT, text if type(text) is bytes else text.encode())  # type: ignore[union-attr]
         return True
 
     def send_binary(self, data: bytes, *, first: bool, fin: bool) -> bool:
