@@ -3,6 +3,7 @@
     .venv/bin/python bench/http_bench.py            # 3 interleaved rounds + 1 GiB streams (a few minutes)
     .venv/bin/python bench/http_bench.py --quick    # 1 short round, 64 MiB streams (about 35 s)
     .venv/bin/python bench/http_bench.py --profile  # perf, strace and cProfile of the relay and listeners
+    .venv/bin/python bench/http_bench.py --instructions  # instructions per request under callgrind (noise-free)
 
 Request rate: wrk (-t1 -c64, keep-alive, --latency) for a small GET and a 4 KiB POST, against
 * direct:  the aiohttp origin app (bench/http_servers.py app);
@@ -22,6 +23,11 @@ CPU placement (2 CPUs): the load generator (wrk, or the streaming client) alone 
 serving process (app, nginx, relay, listener) on the other. So each path gets the same single
 core to serve with, and requests/s compare what each path costs per request. Server CPU per
 request, per process, comes from /proc/<pid>/stat over the measured window.
+
+Instructions (--instructions): the user-space instructions each serving process executes per
+request, counted by valgrind's callgrind over a measured window, for the direct app, the relay and
+the in-listener handler. The host's noise does not move these counts (it moves the rates above by
+up to 1.5x), so they compare code changes; they leave out the kernel's share and cache effects.
 
 A benchmark, not a test: it always exits 0; PASS/MISS next to a target is informational.
 """
@@ -88,11 +94,17 @@ def warn(msg: str) -> None:
 
 
 # -- child processes ----------------------------------------------------------------------------
+#: Command prefixes by child name (see under_callgrind): how the next such child is started.
+_WRAP: dict[str, list[str]] = {}
+
+
 class Child:
     """A serving process pinned to the serving CPU, registered with relay_bench's cleanup."""
 
     def __init__(self, name: str, argv: list[str], ready: str | None, timeout: float = 60.0,
                  cpu: int | None = None) -> None:
+        if name in _WRAP:
+            argv, timeout = _WRAP[name] + argv, max(timeout, 180.0)
         self.name = name
         self.log = rb._logdir / f"http-{name}-{len(rb._children)}.log"
         with open(self.log, "wb") as err:
@@ -772,11 +784,80 @@ def profile(cfg: dict, listeners: int) -> None:
             print("```")
 
 
+# -- instructions per request --------------------------------------------------------------------
+@contextlib.contextmanager
+def under_callgrind(name: str, out: Path):
+    """Start the child called *name* under callgrind, with counting off until switched on."""
+    _WRAP[name] = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    try:
+        yield
+    finally:
+        _WRAP.pop(name, None)
+
+
+def count_instructions(child: Child, out: Path, url: str, secs: int, post: int | None) -> tuple[int, int]:
+    """(instructions, requests) of *child* over one wrk run; counting is switched on just for it."""
+    wrk(url, 3, post, [])  # warm-up: imports, caches, connection pools
+    for old in out.parent.glob(out.name + "*"):
+        old.unlink()
+    subprocess.run(["callgrind_control", "--instr=on", str(child.pid)], capture_output=True, timeout=60, check=False)
+    r = wrk(url, secs, post, [])
+    subprocess.run(["callgrind_control", "--instr=off", str(child.pid)], capture_output=True, timeout=60, check=False)
+    subprocess.run(["callgrind_control", "--dump", str(child.pid)], capture_output=True, timeout=60, check=False)
+    total = 0
+    for _ in range(50):  # the dump is written by the child itself, a moment later
+        time.sleep(0.2)
+        dumps = [f.read_text(errors="replace") for f in out.parent.glob(out.name + "*")]
+        total = sum(int(n) for text in dumps for n in re.findall(r"^totals:\s+(\d+)", text, re.M))
+        if total:
+            break
+    return total, (r or {}).get("requests", 0)
+
+
+def instructions(cfg: dict, listeners: int) -> None:
+    """User-space instructions per request of the direct app, the relay and the in-listener handler."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        note("missing: valgrind (apt-get install -y valgrind)")
+        return
+    secs = max(cfg["secs"], 4)
+    rows = []
+    for key, label, path, post in TESTS:
+        counts: dict[str, float] = {}
+        for who in ("app", "relay", "listener"):
+            out = rb._logdir / f"callgrind-{who}-{key}.out"
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(under_callgrind(who, out))
+                if who == "app":
+                    app, port = start_app()
+                    stack.callback(app.stop)
+                    child, url = app, f"http://127.0.0.1:{port}{path}"
+                else:
+                    relay = Relay()
+                    stack.callback(relay.stop)
+                    lst = start_native_listener(relay, listeners)
+                    stack.callback(lst.stop)
+                    child, url = (relay.child if who == "relay" else lst), f"http://127.0.0.1:{relay.port}/native{path}"
+                total, requests = count_instructions(child, out, url, secs, post)
+            counts[who] = total / requests if requests and total else math.nan
+            note(f"  {key} {who:8} {requests:,} requests under callgrind, {fmt(counts[who])} instructions per request")
+        pair = counts["relay"] + counts["listener"]
+        rows.append(f"| {label} | {fmt(counts['app'])} | {fmt(counts['relay'])} | {fmt(counts['listener'])} | "
+                    f"{fmt(counts['relay'] / counts['app'], 2)}× | {fmt(pair / counts['app'], 2)}× |")
+    print(f"\nhyrelay HTTP benchmark (instructions), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"{rb.source_version()}, {rb.machine()}\n")
+    print(f"User-space instructions per request (callgrind; {CONNS} connections; kernel work not counted):\n")
+    print("| workload | direct app | relay | in-listener handler | relay ÷ app | relay + listener ÷ app |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+
+
 # -- main ---------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one short round, 64 MiB streams (smoke check)")
     parser.add_argument("--profile", action="store_true", help="cProfile the relay and listeners instead")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per request under callgrind instead (noise-free)")
     parser.add_argument("--listeners", type=int, default=4, help="control channels per SDK listener process")
     parser.add_argument("--no-streams", action="store_true", help="skip the streams")
     parser.add_argument("--no-rate", action="store_true", help="skip the request-rate rounds")
@@ -797,6 +878,9 @@ def main() -> None:
             return
         if args.profile:
             profile(cfg, args.listeners)
+            return
+        if args.instructions:
+            instructions(cfg, args.listeners)
             return
         note(f"machine: {rb.machine()}")
         note(f"pinning: serving processes (app, nginx, relay, listeners) on CPU {SERVE_CPU}, "

@@ -399,7 +399,7 @@ class RelayedRequest:
 class _Channel:
     """Where one response goes: the control channel it came on, and/or a rendezvous socket."""
 
-    __slots__ = ("control", "address", "ws", "_connect", "_owned")
+    __slots__ = ("control", "address", "ws", "_connect", "owned")
 
     def __init__(self, control: ControlLink | None, address: str,
                  connect: Callable[[str], Awaitable[ClientConnection]],
@@ -408,7 +408,8 @@ class _Channel:
         self.address = address
         self.ws = ws
         self._connect = connect
-        self._owned = False
+        #: True once a rendezvous was opened here for the answer (close() closes it).
+        self.owned = False
 
     async def rendezvous(self) -> ClientConnection:
         """The rendezvous socket; for an inline request it is opened on first use (spec §4.7)."""
@@ -417,12 +418,12 @@ class _Channel:
                 self.ws = await self._connect(self.address)
             except (InvalidHandshake, OSError, TimeoutError) as exc:
                 raise ClientDisconnected(f"Cannot open the response rendezvous: {exc!r}") from exc
-            self._owned = True
+            self.owned = True
         return self.ws
 
     async def close(self) -> None:
         """Close a rendezvous we opened for the response (.NET does; the relay does too)."""
-        if self._owned and self.ws is not None:
+        if self.owned and self.ws is not None:
             with contextlib.suppress(Exception):
                 await self.ws.close(1000, "")
 
@@ -642,7 +643,8 @@ class RelayedResponse:
             ClientDisconnected: the response cannot be delivered any more.
             RuntimeError: the response has ended.
         """
-        data = bytes(data)
+        if type(data) is not bytes:  # a copy only of what may change under us
+            data = bytes(data)
         async with self._lock:
             self._check_open()
             self._freeze()
@@ -676,7 +678,8 @@ class RelayedResponse:
         Raises:
             ClientDisconnected: the response cannot be delivered.
         """
-        data = bytes(data)
+        if type(data) is not bytes:  # a copy only of what may change under us
+            data = bytes(data)
         async with self._lock:
             if self._finished:
                 if data:
@@ -793,6 +796,11 @@ class RelayedResponse:
             with contextlib.suppress(Exception):
                 await self._channel.ws.close(1011, "The request handler failed")
 
+    @property
+    def _needs_cleanup(self) -> bool:
+        """A timer, a flusher or a stream is left: most answers that went inline have none."""
+        return self._timer is not None or self._flusher is not None or self._stream is not None
+
     async def _cleanup(self) -> None:
         self._cancel_timer()
         flusher, self._flusher = self._flusher, None
@@ -849,7 +857,8 @@ class RequestDispatcher:
                 return
             await self._run(request, channel)
         finally:
-            await channel.close()
+            if channel.owned:  # opened a rendezvous for the answer: close it
+                await channel.close()
 
     async def serve_rendezvous(self, stub: HttpRequest) -> None:
         """A stub: fetch the request over its rendezvous, answer there, and serve any further
@@ -925,7 +934,8 @@ class RequestDispatcher:
             raise
         finally:
             self.in_flight -= 1
-            await response._cleanup()
+            if response._needs_cleanup:
+                await response._cleanup()
 
     async def _answer_error(self, response: RelayedResponse, status: int, reason: str) -> None:
         try:
