@@ -352,8 +352,11 @@ def _slow_response(data: bytes) -> ResponseHead:
 def test_property_response_fast_path_agrees(request_id, status, description, headers, body):
     data = response_message(ResponseHead(request_id, status, description, headers, body)).encode()
     fast = decode_response(data)
-    assert fast is not None
-    assert fast == _slow_response(data) == ResponseHead(request_id, status, description, headers, body)
+    assert _slow_response(data) == ResponseHead(request_id, status, description, headers, body)
+    if data.isascii():
+        assert fast == _slow_response(data)
+    else:  # left to the tolerant path, which checks the whole frame's UTF-8
+        assert fast is None
 
 
 def test_response_message_exact_json():

@@ -188,7 +188,7 @@ def decode_request(text: str) -> HttpRequest | None:
         return None
     try:
         return _decode_request(text).request
-    except (msgspec.DecodeError, UnicodeError):
+    except (msgspec.DecodeError, UnicodeError, RecursionError):  # deep nesting: json says it is malformed
         return None
 
 
@@ -271,11 +271,13 @@ def decode_response(data: bytes) -> ResponseHead | None:
     Raises:
         MalformedResponse: well-typed, but the status or a header cannot be relayed.
     """
-    if not data.startswith(b'{"response":'):
+    # msgspec checks UTF-8 only in the strings it decodes, not in fields it skips: a text frame
+    # that is not ASCII is left to the tolerant path, which decodes (and so checks) all of it.
+    if not data.startswith(b'{"response":') or not data.isascii():
         return None
     try:
         head = _decode_response(data).response
-    except (msgspec.DecodeError, UnicodeError):
+    except (msgspec.DecodeError, RecursionError):  # deep nesting: json says it is malformed
         return None
     if not head.request_id:
         return None  # the generic path names the problem
@@ -295,7 +297,7 @@ def parse_response(body: Any) -> ResponseHead:
     status = body.get("statusCode")
     try:
         status = int(status)  # PROTO's example sends it as a string
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400 reads as infinity
         raise MalformedResponse(f"response.statusCode {status!r} is not a number", request_id, has_body) from None
     headers = body.get("responseHeaders") or {}
     if not isinstance(headers, dict):

@@ -131,12 +131,15 @@ class HttpExchange:
 class ResponseQueue:
     """A sink for a coroutine: the head as a future, the body as an async stream."""
 
-    __slots__ = ("head", "exchange", "_chunks", "_buffered", "_paused", "_whole", "_fed")
+    __slots__ = ("head", "exchange", "abort_client", "_chunks", "_buffered", "_paused", "_whole", "_fed")
 
     def __init__(self) -> None:
         self.head: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
         #: The exchange this queue serves; set as soon as its request is out.
         self.exchange: HttpExchange | None = None
+        #: Drops the client's connection: a client too slow to be served is cut at once, not once
+        #: its writer, stuck on the client's full socket, gets round to the error.
+        self.abort_client: Callable[[], None] | None = None
         self._chunks: asyncio.Queue[bytes | RelayError | None] = asyncio.Queue()
         self._buffered = 0
         self._paused: WSTransport | None = None
@@ -175,6 +178,8 @@ class ResponseQueue:
         self._buffered = 0
         exchange.fail(ServerBusy(f"The client left more than {SLOW_CLIENT_LIMIT >> 20} MiB of a response "
                                  "streaming on the listener's control channel unread"))
+        if self.abort_client is not None:
+            self.abort_client()
 
     def response_failed(self, err: RelayError) -> None:
         if not self.head.done():

@@ -225,6 +225,8 @@ class HttpRelay:
                 exchange, full = self.open(route, request.method, peer, queue, inline_body=None)
                 body_task = asyncio.create_task(self._stream_request(request, exchange, full))
             queue.exchange = exchange
+            if request.transport is not None:
+                queue.abort_client = request.transport.abort
             timeout = self.timeout(route.hc)
             # One timer instead of wait_for(shield(...)): it fails the exchange, which wakes us.
             timer = (asyncio.get_running_loop().call_later(timeout, exchange.fail, no_answer_in_time())
