@@ -321,3 +321,32 @@ async def test_expect_100_continue(relay, http):
         async with http.post(f"{relay.http}/expect", data=b"payload", expect100=True) as r:
             assert r.status == 200 and await r.read() == b"ok:payload"
         assert "Expect" not in listener.requests[0]["requestHeaders"]
+
+
+async def test_a_listener_too_far_behind_gets_no_more_requests_503(relay, http):
+    """A listener that stops reading its control channel: once 1 MiB waits for it on the relay's
+    side, further requests get 503 with a tracking id instead of piling up; others go on."""
+    relay.create_hc("stuck", requires_client_authorization=False)
+    relay.create_hc("fine", requires_client_authorization=False)
+    body = b"x" * 60000  # inline: each request puts about 60 KB on the control channel
+    post = (b"POST /stuck/x HTTP/1.1\r\nHost: relay.test\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    clients: list[asyncio.StreamWriter] = []
+    # max_queue=1: the listener's socket stops reading at once, so TCP pushes back on the relay.
+    async with ws_connect(f"{relay.ws}/$hc/stuck?sb-hc-action=listen", relay.auth("stuck"), max_queue=1,
+                          close_timeout=0.5):
+        async with RawHttpListener(relay, "fine", ok):
+            try:
+                # 400 × 60 KB is far more than the loopback socket buffers and the 1 MiB limit hold.
+                for _ in range(400):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+                    clients.append(writer)
+                    writer.write(post)
+                    await writer.drain()
+                line = await asyncio.wait_for(reader.readline(), 10)  # the last one is refused at once
+                assert line.startswith(b"HTTP/1.1 503 "), line
+                assert b"too far behind" in line and b"TrackingId:" in line
+                async with http.get(f"{relay.http}/fine/still") as r:  # everyone else is served
+                    assert r.status == 200 and await r.read() == b"ok:"
+            finally:
+                for writer in clients:
+                    writer.close()

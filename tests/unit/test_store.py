@@ -306,6 +306,16 @@ def test_snapshot_find_hc(store, ns):
     assert find("") is None
     assert snap.find_hc("nosuchns", "a") is None
     assert snap.find_hc(ns.upper(), "a")[0].name == "a"
+
+    flat = "flatns"  # no name with a slash: the first segment decides alone
+    store.create_namespace(flat)
+    for name in ("hyco", "Other"):
+        store.create_hc(flat, name)
+    snap = store.snapshot()
+    hits = {path: snap.find_hc(flat, path) for path in ("hyco", "/HYCO/x?y", "hyco/", "other//z", "hyco2", "", "/")}
+    assert {p: None if h is None else (h[0].name, h[1]) for p, h in hits.items()} == {
+        "hyco": ("hyco", ""), "/HYCO/x?y": ("hyco", "/x?y"), "hyco/": ("hyco", "/"), "other//z": ("Other", "//z"),
+        "hyco2": None, "": None, "/": None}
     assert snap.namespace(ns.upper()).name == ns
     assert snap.namespace("nosuchns") is None
     assert [h.name for h in snap.hcs(ns)] == ["a", "a/b", "Deep/er/Name", "hyco"]

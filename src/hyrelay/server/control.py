@@ -155,7 +155,9 @@ class ListenerSocket(WSListener):
     @property
     def backed_up(self) -> bool:
         """True if the listener is so far behind that it should not be given more work now."""
-        return self.buffered > BACKLOG_LIMIT
+        # Only a paused socket (its buffer went over the high-water mark) can be this far behind:
+        # asked per request, so the buffer is measured only then.
+        return self.paused and self.buffered > BACKLOG_LIMIT
 
     @property
     def buffered(self) -> int:

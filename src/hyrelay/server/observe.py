@@ -113,7 +113,7 @@ class Observer:
         self.emit("connection_closed", hc, connection=connection_id, bytes=nbytes)
 
     def http_request(self, hc: str, method: str, status: int, seconds: float, nbytes: int) -> None:
-        stats = self.hc(hc)
+        stats = self.stats.get(hc) or self.hc(hc)  # per request: the call only for a new name
         stats.http_requests[status] = stats.http_requests.get(status, 0) + 1
         stats.bytes_transferred += nbytes
         for callback in self._http_observers:

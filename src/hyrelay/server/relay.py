@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import secrets
@@ -148,7 +149,7 @@ class Relay:
         return up.head.header("ServiceBusAuthorization") or up.target.params.get("sb-hc-token")
 
     def hc_key(self, name: str) -> str:
-        return f"{self.namespace}/{name.lower()}"
+        return _hc_key(self.namespace, name)
 
     def _base_url(self, up: Upgrade) -> str:
         if self.config.public_url:
@@ -417,3 +418,7 @@ class Relay:
                         side.transport.disconnect()
 
 
+@functools.lru_cache(maxsize=4096)
+def _hc_key(namespace: str, name: str) -> str:
+    """The router's key for a hybrid connection (asked for every relayed request)."""
+    return f"{namespace}/{name.lower()}"

@@ -72,6 +72,10 @@ class Snapshot:
         if not hcs:
             return None
         path = path.removeprefix("/")
+        if self._depth[ns_key] == 1:  # no name has a slash (the usual case): the first segment decides
+            first, sep, rest = path.partition("/")
+            hc = hcs.get(first.lower())
+            return None if hc is None else (hc, sep + rest)
         # Ends of the leading segments, no more than the deepest HC name could use.
         cuts: list[int] = []
         pos = -1
