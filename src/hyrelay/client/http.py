@@ -321,6 +321,13 @@ def split_target(target: str, entity: str) -> tuple[str, str, str]:
     return raw[:pos], raw[pos:] or "/", query
 
 
+@functools.lru_cache(maxsize=1024)
+def _parts(target: str, entity: str) -> tuple[str, str, str, str, str]:
+    """split_target plus the decoded prefix and rest; cached, as an app's paths recur."""
+    raw_root_path, raw_path, query = split_target(target, entity)
+    return raw_root_path, raw_path, query, _unquote(raw_root_path), _unquote(raw_path)
+
+
 class RelayedRequest:
     """An HTTP request relayed to this listener.
 
@@ -346,9 +353,7 @@ class RelayedRequest:
         self.id = message.id
         self.method = (message.method or "GET").upper()
         self.target = message.target or "/"
-        self.raw_root_path, self.raw_path, self.query = split_target(self.target, entity)
-        self.root_path = _unquote(self.raw_root_path)
-        self.path = _unquote(self.raw_path)
+        self.raw_root_path, self.raw_path, self.query, self.root_path, self.path = _parts(self.target, entity)
         self._raw_headers = message.headers
         self._headers: Headers | None = None
         remote = message.remote
