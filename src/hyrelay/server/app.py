@@ -23,47 +23,6 @@ __all__ = ["RelayServer"]
 _log = logging.getLogger("hyrelay.server")
 
 
-class AnswerAfterEof(asyncio.Protocol):
-    """aiohttp's protocol for one connection, kept open for writing when the client shuts its side.
-
-    aiohttp closes a connection at EOF, which loses the answer to a request already read (HTTP/1.0
-    tools, ``nc -N`` and ``curl -T`` shut their side once the request is out). Here, unless aiohttp
-    is waiting for the next request, EOF asks it to close once it has answered, as the relay's own
-    front end does; an idle connection closes at once. That aiohttp waits is read from its
-    protocol's ``_waiter``; should a release drop it, EOF closes at once again, as aiohttp does.
-    """
-
-    __slots__ = ("inner",)
-
-    def __init__(self, inner: web.RequestHandler) -> None:
-        self.inner = inner
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool:
-        inner = self.inner
-        if not hasattr(inner, "_waiter"):
-            return False  # an aiohttp this was not written for: its own way, close now
-        waiter = inner._waiter
-        if waiter is not None and not waiter.done():
-            return False  # waiting for the next request: nothing to answer, close now
-        inner.close()  # after the request at hand (requests pipelined behind it are dropped)
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
 class RelayServer:
     """A running relay. ``async with RelayServer(config) as server: ...``"""
 
@@ -86,11 +45,7 @@ class RelayServer:
         self._runner = web.AppRunner(make_app(relay), access_log=None, handle_signals=False,
                                     max_line_size=16384, max_field_size=16384)
         await self._runner.setup()
-        server = self._runner.server
-        assert server is not None
-
-        def http_factory() -> asyncio.Protocol:
-            return AnswerAfterEof(server())
+        http_factory = self._runner.server
         context = None
         if config.tls_cert:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
