@@ -317,6 +317,28 @@ def lua_script(post: int | None) -> Path:
     return path
 
 
+def _tool(argv: list[str]) -> subprocess.Popen:
+    """A helper process on the load CPU, registered for cleanup."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                         preexec_fn=rb._pin(LOAD_CPU))
+    rb._children.append(p)
+    return p
+
+
+def _finish(p: subprocess.Popen, interrupt: bool = False, timeout: float = 120) -> tuple[str, str]:
+    """Its output, once it ends (killed after *timeout*); *interrupt*: SIGINT it first."""
+    if interrupt and p.poll() is None:
+        p.send_signal(signal.SIGINT)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    if p in rb._children:
+        rb._children.remove(p)
+    return out.decode(errors="replace"), err.decode(errors="replace")
+
+
 def wrk(url: str, secs: int, post: int | None, procs: list[Child]) -> dict | None:
     """One wrk run; with the CPU every serving process, wrk and everyone else used meanwhile."""
     argv = ["wrk", "-t1", f"-c{CONNS}", f"-d{secs}s", "--latency", "-s", str(lua_script(post)), url]
@@ -324,25 +346,15 @@ def wrk(url: str, secs: int, post: int | None, procs: list[Child]) -> dict | Non
     c0 = [p.cpu() for p in procs]
     b0 = system_busy()[0]
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                         preexec_fn=rb._pin(LOAD_CPU))
-    rb._children.append(p)
-    try:
-        out, err = p.communicate(timeout=secs + 60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-    finally:
-        if p in rb._children:
-            rb._children.remove(p)
+    p = _tool(argv)
+    text, err = _finish(p, timeout=secs + 60)
     dt = time.perf_counter() - t0
     c1 = [p.cpu() for p in procs]
     busy = system_busy()[0] - b0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    text = out.decode(errors="replace")
     m = re.search(r"WRKJSON (\{.*\})", text)
     if p.returncode != 0 or not m:
-        warn(f"  ! wrk {url} failed (rc={p.returncode}): {err.decode(errors='replace')[-500:]} {text[-500:]}")
+        warn(f"  ! wrk {url} failed (rc={p.returncode}): {err[-500:]} {text[-500:]}")
         return None
     r = json.loads(m.group(1))
     secs_ = r["duration_us"] / 1e6
@@ -444,20 +456,11 @@ def reset_hwm(pid: int) -> bool:
 
 
 def stream_client(spec: dict, timeout: float) -> dict | None:
-    p = subprocess.Popen([PY, str(HERE / "http_stream.py"), json.dumps(spec)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, start_new_session=True, preexec_fn=rb._pin(LOAD_CPU))
-    rb._children.append(p)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-    finally:
-        if p in rb._children:
-            rb._children.remove(p)
+    p = _tool([PY, str(HERE / "http_stream.py"), json.dumps(spec)])
+    out, err = _finish(p, timeout=timeout)
     if p.returncode != 0 or not out.strip():
         warn(f"  ! stream {spec['mode']} {spec['url']} failed (rc={p.returncode}): "
-             f"{err.decode(errors='replace')[-600:]}")
+             f"{err[-600:]}")
         return None
     return json.loads(out.strip().splitlines()[-1])
 
@@ -666,26 +669,6 @@ def servers_listener(relay: Relay, target: str, app_port: int, listeners: int, p
                  ready='"pid"', cpu=cpu)
 
 
-def _tool(argv: list[str]) -> subprocess.Popen:
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                         preexec_fn=rb._pin(LOAD_CPU))
-    rb._children.append(p)
-    return p
-
-
-def _finish(p: subprocess.Popen, interrupt: bool = False) -> tuple[str, str]:
-    if interrupt and p.poll() is None:
-        p.send_signal(signal.SIGINT)
-    try:
-        out, err = p.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-    if p in rb._children:
-        rb._children.remove(p)
-    return out.decode(errors="replace"), err.decode(errors="replace")
-
-
 def perf_and_syscalls(cfg: dict, listeners: int) -> None:
     """Without cProfile, in the benchmark's layout: where each process's CPU goes by library
     (`perf record`: kernel, CPython, uvloop, ...) and its system calls per request (`strace -c`)."""
@@ -869,48 +852,38 @@ def main() -> None:
     cfg = QUICK if args.quick else FULL
     started = time.time()
     try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
-        if missing:
-            note(f"missing: {', '.join(missing)} (apt-get install -y wrk nginx)")
-            return
-        if args.profile:
-            profile(cfg, args.listeners)
-            return
-        if args.instructions:
-            instructions(cfg, args.listeners)
-            return
-        note(f"machine: {rb.machine()}")
-        note(f"pinning: serving processes (app, nginx, relay, listeners) on CPU {SERVE_CPU}, "
-             f"load generator on CPU {LOAD_CPU}")
-        source = rb.source_version()  # now: src/ may change while this runs
-        res = rb.Results()
-        if not args.no_rate:
-            run_rounds(cfg, args.listeners, res)
-        if not args.no_streams:
-            run_streams(cfg, args.listeners, res)
-        wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
-        nginx_version = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False).stderr.strip()
-        print()
-        print(f"hyrelay HTTP benchmark ({'quick' if args.quick else 'full'}), "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, {source}, "
-              f"{rb.machine()}, {nginx_version}, {wrk_version.split(' Copyright')[0]}")
-        print()
-        print(table(res, cfg, args.listeners))
-        print(f"\nTotal time {time.time() - started:.0f} s.")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"config": cfg, "machine": rb.machine(), "results": res.raw},
-                                                  indent=1))
-    except KeyboardInterrupt:
-        note("interrupted")
-    except Exception as exc:  # noqa: BLE001 - a benchmark reports and exits 0
-        import traceback
-        traceback.print_exc()
-        warn(f"benchmark aborted: {exc}")
+        with rb.reported(warn):
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if soft < hard:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
+            if missing:
+                note(f"missing: {', '.join(missing)} (apt-get install -y wrk nginx)")
+                return
+            if args.profile:
+                profile(cfg, args.listeners)
+                return
+            if args.instructions:
+                instructions(cfg, args.listeners)
+                return
+            note(f"machine: {rb.machine()}")
+            note(f"pinning: serving processes (app, nginx, relay, listeners) on CPU {SERVE_CPU}, "
+                 f"load generator on CPU {LOAD_CPU}")
+            source = rb.source_version()  # now: src/ may change while this runs
+            res = rb.Results()
+            if not args.no_rate:
+                run_rounds(cfg, args.listeners, res)
+            if not args.no_streams:
+                run_streams(cfg, args.listeners, res)
+            wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True,
+                                         check=False).stdout.split("\n")[0]
+            nginx_version = subprocess.run(["nginx", "-v"], capture_output=True, text=True,
+                                           check=False).stderr.strip()
+            rb.publish(f"hyrelay HTTP benchmark ({'quick' if args.quick else 'full'}), "
+                       f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, {source}, "
+                       f"{rb.machine()}, {nginx_version}, {wrk_version.split(' Copyright')[0]}",
+                       table(res, cfg, args.listeners), started, args.json, cfg, res)
     finally:
-        rb.cleanup()
         if args.profile or KEEP_LOGS:
             note(f"logs and profiles: {rb._logdir}")
         else:

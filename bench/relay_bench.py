@@ -14,6 +14,7 @@ benchmark, not a test: it always exits 0, and PASS/MISS next to a target is info
 from __future__ import annotations
 
 import argparse
+import contextlib
 import atexit
 import json
 import math
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -200,6 +202,31 @@ def load(spec: dict, timeout: float = 120) -> dict | None:
               f"{err.decode(errors='replace').strip()[-600:]}", file=sys.stderr)
         return None
     return json.loads(out.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def reported(report: Callable[[str], None] | None = None) -> Iterator[None]:
+    """A benchmark's run: an interruption or a failure is reported, not raised (a benchmark exits
+    0), and the child processes are stopped either way."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        note("interrupted")
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports and exits 0
+        import traceback
+        traceback.print_exc()
+        (report or note)(f"benchmark aborted: {exc}")
+    finally:
+        cleanup()
+
+
+def publish(title: str, text: str, started: float, json_path: str | None, cfg: dict, res: "Results") -> None:
+    """Print a run's title and tables, and write its raw results to *json_path* if given."""
+    print(f"\n{title}\n")
+    print(text)
+    print(f"\nTotal time {time.time() - started:.0f} s.")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"config": cfg, "machine": machine(), "results": res.raw}, indent=1))
 
 
 def note(msg: str) -> None:
@@ -597,7 +624,7 @@ def main() -> None:
     signal.signal(signal.SIGHUP, _on_signal)
     cfg, streams = (QUICK, STREAMS_QUICK) if args.quick else (FULL, STREAMS)
     started = time.time()
-    try:
+    with reported():
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < hard:
@@ -615,23 +642,9 @@ def main() -> None:
         note(f"pinning: servers on CPU {SERVER_CPU}, load client on CPU {CLIENT_CPU}")
         res = Results()
         run_rounds(cfg, streams, res)
-        print()
-        print(f"hyrelay benchmark ({'quick' if args.quick else 'full'}), "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, {source_version()}, {machine()}")
-        print()
-        print(table(res, streams, cfg))
-        print(f"\nTotal time {time.time() - started:.0f} s.")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"config": cfg, "machine": machine(), "results": res.raw},
-                                                  indent=1))
-    except KeyboardInterrupt:
-        note("interrupted")
-    except Exception as exc:  # noqa: BLE001 - a benchmark reports and exits 0
-        import traceback
-        traceback.print_exc()
-        note(f"benchmark aborted: {exc}")
-    finally:
-        cleanup()
+        publish(f"hyrelay benchmark ({'quick' if args.quick else 'full'}), "
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, {source_version()}, {machine()}",
+                table(res, streams, cfg), started, args.json, cfg, res)
     sys.exit(0)
 
 
