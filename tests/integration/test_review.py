@@ -40,6 +40,17 @@ def _upgrade_head(url_path: str, port: int, extra: str = "") -> bytes:
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
 
 
+async def _raw_sender(relay, name: str):
+    """A listener on a new hybrid connection *name*, and a raw sender connecting to it: (listener's
+    control channel, sender's reader and writer, the accept the listener got)."""
+    relay.create_hc(name)
+    control = await listen(relay, name)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(_upgrade_head(f"/$hc/{name}?sb-hc-action=connect", relay.port,
+                               f"ServiceBusAuthorization: {relay.token(name)}\r\n"))
+    return control, reader, writer, await next_accept(control)
+
+
 @pytest.fixture
 async def http():
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -325,12 +336,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 async def test_half_close_keeps_relaying_while_data_flows(relay, monkeypatch):
     from hyrelay.server import pump
     monkeypatch.setattr(pump, "CLOSE_TIMEOUT", 0.5)
-    relay.create_hc("half")
-    control = await listen(relay, "half")
-    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-    writer.write(_upgrade_head("/$hc/half?sb-hc-action=connect", relay.port,
-                               f"ServiceBusAuthorization: {relay.token('half')}\r\n"))
-    accept = await next_accept(control)
+    control, reader, writer, accept = await _raw_sender(relay, "half")
     # The listener's rendezvous is raw too: a library client would answer the Close at once.
     l_reader, l_writer = await asyncio.open_connection("127.0.0.1", relay.port)
     l_writer.write(_upgrade_head(accept["address"].split(f"127.0.0.1:{relay.port}", 1)[1], relay.port))
@@ -396,12 +402,7 @@ async def test_listener_rendezvous_closed_when_sender_vanished_during_accept(rel
 
 
 async def test_invalid_close_code_is_not_forwarded(relay):
-    relay.create_hc("badclose")
-    control = await listen(relay, "badclose")
-    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-    writer.write(_upgrade_head("/$hc/badclose?sb-hc-action=connect", relay.port,
-                               f"ServiceBusAuthorization: {relay.token('badclose')}\r\n"))
-    accept = await next_accept(control)
+    control, reader, writer, accept = await _raw_sender(relay, "badclose")
     rendezvous = await ws_connect(accept["address"])
     assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 101")
     writer.write(_masked_frame(0x8, struct.pack("!H", 1005)))  # 1005 may never be sent

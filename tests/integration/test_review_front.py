@@ -21,6 +21,36 @@ async def _until(predicate, guard: float = 5.0) -> None:
     await asyncio.wait_for(poll(), guard)
 
 
+FLOOD_CHUNK = 65536
+
+
+def flooding(flowing: asyncio.Event, *, paced: bool = False):
+    """A listener's answer: 64 MiB (far more than a client reads or sockets hold) streamed on the
+    control channel for ``.../flood``, an echo otherwise; *flowing* is set once 4 MiB are out.
+
+    *paced*: a fragment per millisecond, so the relay drains into the client's socket until it is
+    full and then waits there; sent at once, the data piles up in one read of the relay's.
+    """
+    async def answer(listener, request, body):
+        if not request["requestTarget"].endswith("/flood"):
+            await echo(listener, request, body)
+            return
+        doc = {"requestId": request["id"], "statusCode": 200, "responseHeaders": {}, "body": True}
+
+        async def fragments():
+            for i in range(1024):
+                if i == 64:
+                    flowing.set()
+                if paced:
+                    await asyncio.sleep(0.001)
+                yield b"z" * FLOOD_CHUNK
+
+        await listener.control.send(json.dumps({"response": doc}))
+        await listener.control.send(fragments())
+
+    return answer
+
+
 async def test_pipelined_client_paused_for_backlog_is_resumed_for_a_partial_request(relay):
     """httpconn._advance pauses reading while a request is in flight and the buffer passes
     max_head + 64 KiB, but returns early (partial head or body) without resuming: the rest of
@@ -101,25 +131,8 @@ async def test_listener_header_that_cannot_be_encoded_does_not_hang_the_client(r
 async def test_a_client_that_stops_reading_an_answer_streamed_on_the_control_channel_is_cut(relay):
     """Pausing the control channel for one slow client would stall the listener's other requests."""
     relay.create_hc("front", requires_client_authorization=False)
-    chunk = b"z" * 65536
     flowing = asyncio.Event()
-
-    async def answer(listener, request, body):
-        if not request["requestTarget"].endswith("/flood"):
-            await echo(listener, request, body)
-            return
-        doc = {"requestId": request["id"], "statusCode": 200, "responseHeaders": {}, "body": True}
-
-        async def fragments():
-            for i in range(1024):  # 64 MiB, far more than the client will read or sockets hold
-                if i == 64:
-                    flowing.set()
-                yield chunk
-
-        await listener.control.send(json.dumps({"response": doc}))
-        await listener.control.send(fragments())
-
-    async with RawHttpListener(relay, "front", answer):
+    async with RawHttpListener(relay, "front", flooding(flowing)):
         async with Conn.connect(relay) as slow:
             slow.send(get("/front/flood"))  # and never read
             await asyncio.wait_for(flowing.wait(), 10)
@@ -131,25 +144,8 @@ async def test_a_client_that_stops_reading_an_answer_streamed_on_the_control_cha
 async def test_a_slow_client_of_a_handed_over_request_is_cut_too(relay):
     """The aiohttp front end (here for a request with ``Expect``) paused the control channel instead."""
     relay.create_hc("front", requires_client_authorization=False)
-    chunk = b"z" * 65536
     flowing = asyncio.Event()
-
-    async def answer(listener, request, body):
-        if not request["requestTarget"].endswith("/flood"):
-            await echo(listener, request, body)
-            return
-        doc = {"requestId": request["id"], "statusCode": 200, "responseHeaders": {}, "body": True}
-
-        async def fragments():
-            for i in range(1024):  # 64 MiB, far more than the client will read or sockets hold
-                if i == 64:
-                    flowing.set()
-                yield chunk
-
-        await listener.control.send(json.dumps({"response": doc}))
-        await listener.control.send(fragments())
-
-    async with RawHttpListener(relay, "front", answer):
+    async with RawHttpListener(relay, "front", flooding(flowing)):
         async with Conn.connect(relay) as slow:
             slow.send(get("/front/flood", "Expect: 100-continue", "Content-Length: 0"))  # and never read
             await asyncio.wait_for(flowing.wait(), 10)
@@ -160,4 +156,4 @@ async def test_a_slow_client_of_a_handed_over_request_is_cut_too(relay):
             got = 0
             while data := await asyncio.wait_for(slow.reader.read(1 << 20), 10):
                 got += len(data)
-            assert got < 64 * len(chunk) * 16
+            assert got < 1024 * FLOOD_CHUNK

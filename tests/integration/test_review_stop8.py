@@ -6,7 +6,6 @@ Every test here fails on the code as reviewed. Real sockets on 127.0.0.1; timeou
 from __future__ import annotations
 
 import asyncio
-import json
 
 import aiohttp
 import pytest
@@ -59,27 +58,11 @@ async def test_a_client_cut_for_leaving_4_mib_unread_is_dropped_at_once(relay):
     socket: a client that never reads kept its connection, the handler and the exchange for good.
     (Added after the review's suspicion; it fails without ResponseQueue.abort_client.)"""
     from .test_http_front import Conn, get
+    from .test_review_front import flooding
 
     relay.create_hc("front", requires_client_authorization=False)
     flowing = asyncio.Event()
-
-    async def answer(listener, request, body):
-        doc = {"requestId": request["id"], "statusCode": 200, "responseHeaders": {}, "body": True}
-
-        async def fragments():
-            for i in range(1024):  # 64 MiB, far more than the sockets hold
-                if i == 64:
-                    flowing.set()
-                # Paced, so the relay's writer drains into the client's socket until it is full and
-                # then waits there; sent at once, the 4 MiB would pile up in one read and the cut
-                # would reach a writer that is not stuck.
-                await asyncio.sleep(0.001)
-                yield b"z" * 65536
-
-        await listener.control.send(json.dumps({"response": doc}))
-        await listener.control.send(fragments())
-
-    async with RawHttpListener(relay, "front", answer):
+    async with RawHttpListener(relay, "front", flooding(flowing, paced=True)):
         async with Conn.connect(relay) as slow:
             slow.send(get("/front/flood", "Expect: 100-continue", "Content-Length: 0"))  # handed over; never read
             await asyncio.wait_for(flowing.wait(), 10)
