@@ -322,10 +322,11 @@ def split_target(target: str, entity: str) -> tuple[str, str, str]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _parts(target: str, entity: str) -> tuple[str, str, str, str, str]:
-    """split_target plus the decoded prefix and rest; cached, as an app's paths recur."""
-    raw_root_path, raw_path, query = split_target(target, entity)
-    return raw_root_path, raw_path, query, _unquote(raw_root_path), _unquote(raw_path)
+def _path_parts(raw_path: str, entity: str) -> tuple[str, str, str, str]:
+    """split_target of a path without its query, raw and decoded; cached, as an app's paths recur
+    (its queries do not, so they are left out of the key)."""
+    raw_root, raw_rest, _ = split_target(raw_path, entity)
+    return raw_root, raw_rest, _unquote(raw_root), _unquote(raw_rest)
 
 
 class RelayedRequest:
@@ -353,7 +354,8 @@ class RelayedRequest:
         self.id = message.id
         self.method = (message.method or "GET").upper()
         self.target = message.target or "/"
-        self.raw_root_path, self.raw_path, self.query, self.root_path, self.path = _parts(self.target, entity)
+        raw, _, self.query = self.target.partition("?")
+        self.raw_root_path, self.raw_path, self.root_path, self.path = _path_parts(raw, entity)
         self._raw_headers = message.headers
         self._headers: Headers | None = None
         remote = message.remote

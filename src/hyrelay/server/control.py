@@ -115,7 +115,7 @@ class ListenerSocket(WSListener):
         """Send one command (bytes: already UTF-8); False if the socket is already gone."""
         if self.closed or self.transport is None or self.transport.is_disconnected:
             return False
-        send_frame(self.transport, WSMsgType.TEXT, text if type(text) is bytes else text.encode())  # type: ignore[union-attr]
+        send_frame(self.transport, WSMsgType.TEXT, text.encode() if isinstance(text, str) else text)
         return True
 
     def send_binary(self, data: bytes, *, first: bool, fin: bool) -> bool:

@@ -231,6 +231,8 @@ class _Discard:
 
 
 _DISCARD = _Discard()
+
+
 class ResponseRouter:
     """Matches ``response`` messages, and the one binary message after each, to exchanges."""
 

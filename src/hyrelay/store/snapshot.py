@@ -17,6 +17,11 @@ class Snapshot:
     __slots__ = ("version", "_namespaces", "_hcs", "_depth", "_ns_rules", "_hc_rules")
 
     version: int
+    _namespaces: dict[str, Namespace]
+    _hcs: dict[str, dict[str, HybridConnection]]
+    _depth: dict[str, int]
+    _ns_rules: dict[tuple[str, str], Rule]
+    _hc_rules: dict[tuple[str, str, str], Rule]
 
     def __init__(
         self,
